@@ -1,0 +1,45 @@
+"""Typed errors. Library code raises these; only the CLI turns them into exit codes.
+
+Every ``MMSearchError`` message is a complete, single-line explanation meant for a
+user, so the CLI can print it verbatim without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MMSearchError(Exception):
+    """Base class for every error caused by input, environment or index state."""
+
+    exit_code = 1
+
+
+class UserInputError(MMSearchError):
+    """A path, option, query or filter given by the user is unusable."""
+
+    exit_code = 2
+
+
+class ModelError(MMSearchError):
+    """A model spec is unknown or its weights cannot be loaded."""
+
+
+class ModelMismatchError(MMSearchError):
+    """An index was built in one embedding space and is used with another."""
+
+
+class IndexNotFoundError(MMSearchError):
+    """No index exists at the given location."""
+
+
+class IndexFormatError(MMSearchError):
+    """The on-disk index is damaged or written by an incompatible version."""
+
+
+class WriterBusyError(MMSearchError):
+    """Another process holds the index's single-writer lock."""
+
+    exit_code = 3
+
+
+class FilterError(UserInputError):
+    """A ``--where`` filter or ``sql`` statement is invalid."""

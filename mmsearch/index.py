@@ -1,0 +1,377 @@
+"""The public ``Index``: create/open an index, add files, search, inspect.
+
+``Index`` wires the boxes of the design together — discovery and planning, the
+ingest pipeline, the shard writer, the searcher and the DuckDB catalog — and owns
+no storage logic itself. Readers take no lock; they reload when the manifest's
+generation changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmsearch.errors import IndexNotFoundError, ModelMismatchError, UserInputError
+from mmsearch.ingest import pipeline
+from mmsearch.ingest.decode import Decoded, decode_image
+from mmsearch.ingest.discover import FoundFile, absolute, check_roots, walk
+from mmsearch.ingest.plan import make_plan, mtime_us
+from mmsearch.ingest.preprocess import normalise
+from mmsearch.models import registry
+from mmsearch.models.base import Encoder
+from mmsearch.search import searcher
+from mmsearch.store import manifest as manifest_io
+from mmsearch.store.catalog import Catalog
+from mmsearch.store.manifest import Manifest
+from mmsearch.store.recipes import check_recipe
+from mmsearch.store.shard import SHARDS_DIR, Shard
+from mmsearch.store.writer import ShardWriter
+
+DEFAULT_SHARD_SIZE = 100_000
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata."""
+
+    id: int
+    score: float
+    path: str
+    modality: str
+    metadata: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
+        extra = {k: _jsonable(v) for k, v in self.metadata.items() if v is not None}
+        return {"id": self.id, "score": round(self.score, 6), "path": self.path, "modality": self.modality} | {
+            k: v for k, v in extra.items() if k not in ("id", "path", "modality")
+        }
+
+
+@dataclass
+class AddSummary:
+    """What an ``add`` did; ``failed`` lists (path, reason) for files that could not be read."""
+
+    index: str
+    found: int = 0
+    embedded: int = 0
+    reused: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    previously_failed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
+        return data
+
+
+class Index:
+    """A sharded, incrementally updatable cross-modal vector index on disk."""
+
+    def __init__(self, path: Path, encoder: Encoder | None = None, device: str | None = None) -> None:
+        """Use :meth:`open` or :meth:`create`."""
+        self.path = Path(path)
+        self.device = device
+        self._encoder = encoder
+        self._manifest = manifest_io.load(self.path)
+        self._shards: dict[str, Shard] = {}
+        self._catalog: Catalog | None = None
+        if encoder is not None:
+            self._check_space(encoder)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        *,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        recipe: str = "auto",
+        device: str | None = None,
+        encoder: Encoder | None = None,
+    ) -> Index:
+        """Create an empty index for ``model`` (default: :func:`registry.default_model`)."""
+        path = Path(path)
+        if manifest_io.exists(path):
+            raise UserInputError(f"an index already exists at {path}")
+        if shard_size < 1:
+            raise UserInputError("shard size must be at least 1")
+        encoder = encoder or registry.load_encoder(model or registry.default_model(), device)
+        manifest = Manifest(
+            model=encoder.spec,
+            space_id=encoder.space_id,
+            dim=encoder.dim,
+            recipe=check_recipe(recipe),
+            shard_size=shard_size,
+        )
+        with ShardWriter(path, manifest):
+            pass
+        return cls(path, encoder, device)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        encoder: Encoder | None = None,
+    ) -> Index:
+        """Open an existing index; ``model``, if given, must be the one it was built with."""
+        index = cls(Path(path), encoder, device)
+        if model is not None and registry.resolve(model).spec != index._manifest.model:
+            raise ModelMismatchError(
+                f"index {path} was built with model {index._manifest.model!r}, not {model!r}; "
+                "omit --model or use another --index"
+            )
+        return index
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, model: str | None = None, **options) -> Index:
+        """Open the index at ``path``, creating it (with ``options``) if absent."""
+        if manifest_io.exists(Path(path)):
+            return cls.open(path, model, device=options.get("device"), encoder=options.get("encoder"))
+        return cls.create(path, model, **options)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest of the generation this object currently reads."""
+        return self._manifest
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's encoder, loaded on first use and checked against the index's space."""
+        if self._encoder is None:
+            encoder = registry.load_encoder(self._manifest.model, self.device)
+            self._check_space(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    def _check_space(self, encoder: Encoder) -> None:
+        if encoder.space_id != self._manifest.space_id:
+            raise ModelMismatchError(
+                f"index {self.path} holds vectors of space {self._manifest.space_id}, but model "
+                f"{encoder.spec!r} embeds into {encoder.space_id}; use the model the index was built with"
+            )
+
+    def refresh(self) -> None:
+        """Pick up a newer generation committed by a writer."""
+        if not manifest_io.exists(self.path):
+            raise IndexNotFoundError(f"index {self.path} has been deleted")
+        latest = manifest_io.load(self.path)
+        if latest.generation != self._manifest.generation:
+            self._manifest = latest
+            self._catalog = None
+
+    def _shard_objects(self, manifest: Manifest) -> list[Shard]:
+        live = {info.name: self._shards.get(info.name) or Shard(self.path, info) for info in manifest.shards}
+        self._shards = live
+        return list(live.values())
+
+    def _catalog_for(self, manifest: Manifest) -> Catalog:
+        shards = self._shard_objects(manifest)
+        failures = self.path / SHARDS_DIR / manifest.failures if manifest.failures else None
+        return Catalog([s.parquet_file for s in shards], manifest.tombstones, failures)
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = self._catalog_for(self._manifest)
+        return self._catalog
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add(self, paths: Sequence[str | Path], *, workers: int | None = None, progress: bool = False) -> AddSummary:
+        """Index every supported file under ``paths``: new and changed files are embedded,
+        renamed/copied ones reuse stored vectors, deleted ones are removed.
+
+        A file that cannot be decoded is skipped and reported in the summary (and in
+        the ``failures`` SQL view); it never stops the batch.
+        """
+        started = time.perf_counter()
+        roots = check_roots(paths)
+        summary = AddSummary(index=str(self.path))
+        with ShardWriter(self.path) as writer:
+            catalog = self._catalog_for(writer.manifest)
+            known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash FROM items")
+            old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
+            found = list(walk(roots))
+            plan = make_plan(found, known, old_failures, roots)
+            summary.seconds["discover"] = round(time.perf_counter() - started, 3)
+
+            for reuse in plan.reuse:
+                vectors, rows = self._shard_rows(writer.manifest, reuse.source_ids)
+                ids = writer.next_ids(len(rows))
+                for row, new_id in zip(rows, ids):
+                    row.update(_file_fields(reuse.file), id=int(new_id))
+                writer.append(vectors, rows, plan.replaces.get(reuse.file.path, ()))
+
+            files = {f.path: f for f in plan.embed}
+
+            def sink(vectors: np.ndarray, decoded: list[Decoded]) -> None:
+                ids = writer.next_ids(len(decoded))
+                rows = [_item_row(int(i), files[d.path], d) for i, d in zip(ids, decoded)]
+                replaced = [old for d in decoded for old in plan.replaces.get(d.path, ())]
+                writer.append(vectors, rows, replaced)
+
+            result = pipeline.run([f.path for f in plan.embed], self.encoder, sink, workers, progress)
+            writer.tombstone(plan.gone)
+            failures = [_failure_row(files[d.path], d.error or "") for d in result.failures]
+            writer.set_failures(plan.kept_failures + failures)
+            commit_started = time.perf_counter()
+            writer.commit()
+            summary.seconds |= result.times.as_dict()
+            summary.seconds["write"] = round(summary.seconds["write"] + time.perf_counter() - commit_started, 3)
+
+        summary.found = len(found)
+        summary.embedded = result.embedded
+        summary.reused = len(plan.reuse)
+        summary.unchanged = plan.unchanged
+        summary.removed = len(plan.gone)
+        summary.failed = [(d.path, d.error or "") for d in result.failures]
+        summary.previously_failed = len(plan.known_failures)
+        summary.seconds["total"] = round(time.perf_counter() - started, 3)
+        self.refresh()
+        return summary
+
+    def _shard_rows(self, manifest: Manifest, ids: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """Stored vectors and aligned metadata rows of ``ids``, wherever they live."""
+        wanted = pa.array(ids, pa.int64())
+        vectors, rows = [], []
+        for shard in self._shard_objects(manifest):
+            table = shard.table()
+            table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
+            if table.num_rows:
+                rows.extend(table.to_pylist())
+                vectors.append(shard.vectors(table.column("id").to_numpy()))
+        return np.concatenate(vectors), rows
+
+    def remove(self, paths: Sequence[str | Path]) -> int:
+        """Remove every indexed item at or under ``paths`` (which may no longer exist)."""
+        targets = [absolute(p) for p in paths]
+        with ShardWriter(self.path) as writer:
+            catalog = self._catalog_for(writer.manifest)
+            ids = catalog.ids_under(targets)
+            failures, dropped = catalog.failures_outside(targets)
+            if not len(ids) and not dropped:
+                raise UserInputError(f"nothing indexed under {', '.join(map(str, paths))}")
+            writer.tombstone(ids.tolist())
+            writer.set_failures(failures)
+            writer.commit()
+        self.refresh()
+        return len(ids)
+
+    def compact(self) -> int:
+        """Rewrite all shards without tombstoned rows; returns how many rows were dropped."""
+        with ShardWriter(self.path, checkpoints=False) as writer:
+            shards, dead = writer.detach_all()
+            for shard in shards:
+                vectors, rows = shard.live(dead)
+                writer.append(vectors, rows)
+            writer.commit()
+        self.refresh()
+        return len(dead)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def embed_query(self, text: str | None = None, image: str | Path | None = None) -> np.ndarray:
+        """Embed a text or an image file into the index's space (unit vector)."""
+        if (text is None) == (image is None):
+            raise UserInputError("give exactly one query: a text or an image")
+        if text is not None:
+            if not text.strip():
+                raise UserInputError("the query text is empty")
+            return self.encoder.embed_texts([text])[0]
+        spec = self.encoder.image_input
+        decoded = decode_image(absolute(image), spec.size)
+        if decoded.error is not None:
+            raise UserInputError(f"cannot read query image {image}: {decoded.error}")
+        return self.encoder.embed_images(normalise(decoded.crop[None], spec.mean, spec.std))[0]
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: str | Path | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
+        where: str | None = None,
+        min_score: float | None = None,
+    ) -> list[SearchResult]:
+        """The ``k`` items closest to a text, an image file or a raw vector.
+
+        ``where`` is a SQL boolean expression over the ``items`` columns (e.g.
+        ``"width >= 1024 AND format = 'JPEG'"``); ``min_score`` drops weaker hits, so
+        an empty list means nothing relevant.
+        """
+        if k < 1:
+            raise UserInputError("k must be at least 1")
+        self.refresh()
+        query = vector if vector is not None else self.embed_query(text, image)
+        include = self.catalog.ids_where(where) if where else None
+        shards = self._shard_objects(self._manifest)
+        hits = searcher.search(shards, query, k, include, np.asarray(self._manifest.tombstones, dtype=np.int64))
+        if min_score is not None:
+            hits = [hit for hit in hits if hit[0] >= min_score]
+        rows = self.catalog.rows([i for _, i in hits])
+        return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
+
+    def sql(self, statement: str) -> pa.Table:
+        """Run one read-only SQL statement over the views ``items`` and ``failures``."""
+        self.refresh()
+        return self.catalog.query(statement)
+
+    def info(self) -> dict:
+        """Model, space, counts per modality, shards and size on disk."""
+        self.refresh()
+        m = self._manifest
+        counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
+        failures = self.catalog.table("SELECT count(*) AS n FROM failures").column("n")[0].as_py()
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "index": str(self.path),
+            "model": m.model,
+            "space_id": m.space_id,
+            "dim": m.dim,
+            "metric": m.metric,
+            "recipe": m.recipe,
+            "shard_size": m.shard_size,
+            "vectors": m.live_rows,
+            "by_modality": dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist())),
+            "shards": len(m.shards),
+            "tombstones": len(m.tombstones),
+            "failures": failures,
+            "size_bytes": size,
+            "generation": m.generation,
+            "format_version": m.format_version,
+            "created_at": m.created_at,
+            "updated_at": m.updated_at,
+        }
+
+
+def _file_fields(file: FoundFile) -> dict:
+    return {"path": file.path, "modality": file.modality, "size": file.size, "mtime": mtime_us(file)}
+
+
+def _item_row(item_id: int, file: FoundFile, decoded: Decoded) -> dict:
+    return {"id": item_id, "content_hash": decoded.content_hash, **_file_fields(file), **decoded.meta}
+
+
+def _failure_row(file: FoundFile, reason: str) -> dict:
+    return {**_file_fields(file), "reason": reason}

@@ -1,0 +1,43 @@
+"""The metadata schema: one Parquet row per vector, and one per failed file.
+
+Columns for every modality are present from the start (null where they do not
+apply) so adding a modality never needs a migration.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("modality", pa.string()),
+        ("path", pa.string()),
+        ("content_hash", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.timestamp("us", tz="UTC")),
+        ("format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("taken_at", pa.timestamp("s")),
+        ("camera", pa.string()),
+        ("duration_s", pa.float64()),
+        ("offset_s", pa.float64()),
+        ("text", pa.string()),
+    ]
+)
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("modality", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.timestamp("us", tz="UTC")),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def items_table(rows: list[dict]) -> pa.Table:
+    """Build an items table from row dicts; missing columns become null."""
+    return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)

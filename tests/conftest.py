@@ -1,0 +1,77 @@
+"""Shared fixtures: a random-weight model loaded through the real checkpoint path,
+and folders of real image files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmsearch.models.registry import load_encoder
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "white": (250, 250, 250),
+    "black": (10, 10, 10),
+}
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-init checkpoint of the shipped ``mmsearch-demo`` architecture, as a user's file."""
+    import open_clip
+    import torch
+
+    from mmsearch.models.openclip import _register_project_configs
+
+    _register_project_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmsearch-demo")
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    torch.save(model.state_dict(), path)
+    return f"mmsearch-demo:{path}"
+
+
+@pytest.fixture(scope="session")
+def encoder(random_checkpoint: str):
+    return load_encoder(random_checkpoint, "cpu")
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (96, 96), seed: int = 0) -> Path:
+    """A solid colour with a little seeded noise, so every file has distinct content."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Twelve images in nested folders, mixed formats and sizes."""
+    root = tmp_path / "photos"
+    for i, (name, colour) in enumerate(COLOURS.items()):
+        write_image(root / f"{name}.png", colour, (96 + 8 * i, 80), seed=i)
+        write_image(root / "nested" / f"{name}.JPG", colour, (160, 120 + 8 * i), seed=100 + i)
+    return root
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``mmsearch`` CLI in a subprocess."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mmsearch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )

@@ -1,0 +1,45 @@
+"""Storage building blocks: atomic writes and manifest versioning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmsearch.errors import IndexFormatError, IndexNotFoundError
+from mmsearch.store import manifest
+from mmsearch.store.atomic import atomic_write, atomic_write_bytes
+
+
+def test_atomic_write_keeps_old_content_when_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    atomic_write_bytes(target, b"old")
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_manifest_round_trip_and_generation(tmp_path: Path) -> None:
+    m = manifest.Manifest(model="demo", space_id="s", dim=4, recipe="auto", shard_size=10)
+    manifest.commit(tmp_path, m)
+    manifest.commit(tmp_path, m)
+    loaded = manifest.load(tmp_path)
+    assert loaded.generation == 2 and loaded.model == "demo"
+
+
+def test_manifest_from_the_future_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(IndexFormatError, match="upgrade mmsearch"):
+        manifest.load(tmp_path)
+
+
+def test_missing_index(tmp_path: Path) -> None:
+    with pytest.raises(IndexNotFoundError, match="no index"):
+        manifest.load(tmp_path / "nothing")
