@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mmsearch.index import Index
 
 app = typer.Typer(
-    help="Cross-modal vector search over folders of images.",
+    help="Cross-modal vector search over folders of images, text and audio.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -64,6 +64,10 @@ def index(
     shard_size: Annotated[int, typer.Option(help="Vectors per shard (new index).")] = 100_000,
     recipe: Annotated[str, typer.Option(help="FAISS recipe for a new index: auto, flat, hnsw.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Decode worker processes [default: auto].")] = None,
+    text_column: Annotated[
+        Optional[str], typer.Option(help="Caption tables: column to index [default: text/caption/...].")
+    ] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="Caption tables: column kept as source_id.")] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -76,14 +80,23 @@ def index(
     if not json_out:
         _say(f"loading model for {path} ...")
     idx = Index.open_or_create(path, model, shard_size=shard_size, recipe=recipe, device=device)
-    summary = idx.add(paths, workers=workers, progress=sys.stderr.isatty() and not json_out)
+    summary = idx.add(
+        paths,
+        workers=workers,
+        progress=sys.stderr.isatty() and not json_out,
+        text_column=text_column,
+        id_column=id_column,
+    )
     if json_out:
         _print_json(summary.to_dict())
         return
     typer.echo(
-        f"{summary.index}: {summary.found} files found, {summary.embedded} embedded, {summary.reused} reused, "
+        f"{summary.index}: {summary.found} files found, {summary.embedded} embedded "
+        f"({summary.vectors} vectors), {summary.reused} reused, "
         f"{summary.unchanged} unchanged, {summary.removed} removed, {len(summary.failed)} failed"
     )
+    for modality, count in summary.unsupported.items():
+        typer.echo(f"  skipped {count} {modality} files: model {idx.manifest.model!r} cannot embed {modality}")
     for failed_path, reason in summary.failed[:10]:
         typer.echo(f"  failed: {failed_path}: {reason}")
     hidden = len(summary.failed) - 10 + summary.previously_failed
@@ -94,8 +107,16 @@ def index(
 
 @app.command()
 def query(
-    text: Annotated[Optional[str], typer.Argument(help="Text to search for.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Search with an image file instead.")] = None,
+    text: Annotated[
+        Optional[list[str]],
+        typer.Argument(help='Text, or arithmetic: "dog" + "beach" - "2:night"; a term may name an image/audio file.'),
+    ] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Query with an image file.")] = None,
+    audio: Annotated[Optional[Path], typer.Option("--audio", help="Query with an audio file.")] = None,
+    modality: Annotated[
+        Optional[str],
+        typer.Option("--modality", help="What to return: image, text, audio or any [default: per query]."),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Number of results.")] = 10,
     where: Annotated[
         Optional[str], typer.Option("--where", "-w", help='SQL filter over item metadata, e.g. "width >= 1024".')
@@ -106,19 +127,64 @@ def query(
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Find the items closest to a text or an image."""
+    """Find the items closest to a text, an image, a sound, or a sum of them."""
+    from mmsearch.index import query_terms
+
     idx = _open(index, device)
-    hits = idx.search(text, image=image, k=k, where=where, min_score=min_score)
+    expression = " ".join(text) if text else None
+    terms = query_terms(None, image, audio, expression)
+    returned = idx.result_modality(terms, modality)
+    hits = idx.search(
+        query=expression, image=image, audio=audio, modality=returned, k=k, where=where, min_score=min_score
+    )
     if json_out:
         _print_json([{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)])
-    elif paths_only:
+        return
+    if paths_only:
         for hit in hits:
             typer.echo(hit.path)
-    elif not hits:
+        return
+    _say(f"returning {returned} items" + (" (--modality to change)" if modality is None else ""))
+    if not hits:
         _say("no results" + (" above --min-score" if min_score is not None else ""))
-    else:
-        for rank, hit in enumerate(hits, 1):
-            typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}")
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"{rank:>3}  {hit.score:.4f}  {_locate(hit)}")
+
+
+def _locate(hit) -> str:
+    """A path plus where in the file the hit is: a time offset or a text snippet."""
+    meta = hit.metadata
+    if meta.get("offset_s") is not None:
+        return f"{hit.path} @ {meta['offset_s']:.1f}s"
+    if meta.get("text"):
+        snippet = " ".join(meta["text"].split())
+        return f"{hit.path}: {snippet[:70]}{'…' if len(snippet) > 70 else ''}"
+    return hit.path
+
+
+@app.command()
+def label(
+    file: Annotated[Path, typer.Argument(help="An image or audio file.")],
+    labels: Annotated[str, typer.Option("--labels", "-l", help='Comma-separated candidates, e.g. "cat,dog,car".')],
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Model spec [default: $MMSEARCH_MODEL].")
+    ] = None,
+    device: DeviceOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Zero-shot labelling without an index: rank LABELS for FILE."""
+    from mmsearch.labels import rank_labels
+    from mmsearch.models.registry import default_model, load_encoder
+
+    candidates = [part.strip() for part in labels.split(",") if part.strip()]
+    ranked = rank_labels(load_encoder(model or default_model(), device), file, candidates)
+    if json_out:
+        _print_json(
+            [{"label": name, "score": round(score, 6), "probability": round(p, 6)} for name, score, p in ranked]
+        )
+        return
+    for name, score, probability in ranked:
+        typer.echo(f"{probability:6.1%}  {score:.4f}  {name}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -20,13 +20,14 @@ import pyarrow.compute as pc
 
 from mmsearch.errors import IndexNotFoundError, ModelMismatchError, UserInputError
 from mmsearch.ingest import pipeline
-from mmsearch.ingest.decode import Decoded, decode_image
-from mmsearch.ingest.discover import FoundFile, absolute, check_roots, walk
+from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
+from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, decoder_of, walk
 from mmsearch.ingest.plan import make_plan, mtime_us
-from mmsearch.ingest.preprocess import normalise
 from mmsearch.models import registry
-from mmsearch.models.base import Encoder
+from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.search import query as query_parser
 from mmsearch.search import searcher
+from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.catalog import Catalog
 from mmsearch.store.manifest import Manifest
@@ -63,16 +64,22 @@ class SearchResult:
 
 @dataclass
 class AddSummary:
-    """What an ``add`` did; ``failed`` lists (path, reason) for files that could not be read."""
+    """What an ``add`` did, in files (``vectors`` counts passages/windows too).
+
+    ``failed`` lists (path, reason) for files that could not be read; ``unsupported``
+    counts files of modalities the index's model cannot embed.
+    """
 
     index: str
     found: int = 0
     embedded: int = 0
+    vectors: int = 0
     reused: int = 0
     unchanged: int = 0
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     previously_failed: int = 0
+    unsupported: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,6 +123,7 @@ class Index:
         manifest = Manifest(
             model=encoder.spec,
             space_id=encoder.space_id,
+            audio_space_id=encoder.audio_space_id,
             dim=encoder.dim,
             recipe=check_recipe(recipe),
             shard_size=shard_size,
@@ -164,11 +172,13 @@ class Index:
         return self._encoder
 
     def _check_space(self, encoder: Encoder) -> None:
-        if encoder.space_id != self._manifest.space_id:
-            raise ModelMismatchError(
-                f"index {self.path} holds vectors of space {self._manifest.space_id}, but model "
-                f"{encoder.spec!r} embeds into {encoder.space_id}; use the model the index was built with"
-            )
+        expected = (self._manifest.space_id, self._manifest.audio_space_id or encoder.audio_space_id)
+        for wanted, actual in zip(expected, (encoder.space_id, encoder.audio_space_id)):
+            if wanted != actual:
+                raise ModelMismatchError(
+                    f"index {self.path} holds vectors of space {wanted}, but model "
+                    f"{encoder.spec!r} embeds into {actual}; use the model the index was built with"
+                )
 
     def refresh(self) -> None:
         """Pick up a newer generation committed by a writer."""
@@ -197,22 +207,40 @@ class Index:
 
     # -- writing -------------------------------------------------------------------------
 
-    def add(self, paths: Sequence[str | Path], *, workers: int | None = None, progress: bool = False) -> AddSummary:
+    def add(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        workers: int | None = None,
+        progress: bool = False,
+        text_column: str | None = None,
+        id_column: str | None = None,
+    ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
 
+        Caption tables (CSV/JSONL/Parquet) index ``text_column`` (default: a column named
+        text, caption, description or title), with ``id_column`` kept as ``source_id``.
         A file that cannot be decoded is skipped and reported in the summary (and in
         the ``failures`` SQL view); it never stops the batch.
         """
         started = time.perf_counter()
         roots = check_roots(paths)
         summary = AddSummary(index=str(self.path))
+        encoder = self.encoder
+        options = _decode_options(encoder, text_column, id_column)
         with ShardWriter(self.path) as writer:
+            writer.manifest.audio_space_id = writer.manifest.audio_space_id or encoder.audio_space_id
             catalog = self._catalog_for(writer.manifest)
             known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash FROM items")
             old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
-            found = list(walk(roots))
-            plan = make_plan(found, known, old_failures, roots)
+            found = []
+            for file in walk(roots):
+                if file.modality in encoder.modalities:
+                    found.append(file)
+                else:
+                    summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
+            plan = make_plan(found, known, old_failures, roots, options.fingerprint())
             summary.seconds["discover"] = round(time.perf_counter() - started, 3)
 
             for reuse in plan.reuse:
@@ -220,19 +248,19 @@ class Index:
                 ids = writer.next_ids(len(rows))
                 for row, new_id in zip(rows, ids):
                     row.update(_file_fields(reuse.file), id=int(new_id))
-                writer.append(vectors, rows, plan.replaces.get(reuse.file.path, ()))
+                writer.append(vectors, rows, plan.replaces.pop(reuse.file.path, ()))
 
             files = {f.path: f for f in plan.embed}
 
-            def sink(vectors: np.ndarray, decoded: list[Decoded]) -> None:
-                ids = writer.next_ids(len(decoded))
-                rows = [_item_row(int(i), files[d.path], d) for i, d in zip(ids, decoded)]
-                replaced = [old for d in decoded for old in plan.replaces.get(d.path, ())]
+            def sink(vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
+                ids = writer.next_ids(len(pieces))
+                rows = [_item_row(int(i), files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
+                replaced = [old for path in {d.path for d, _ in pieces} for old in plan.replaces.pop(path, ())]
                 writer.append(vectors, rows, replaced)
 
-            result = pipeline.run([f.path for f in plan.embed], self.encoder, sink, workers, progress)
+            result = pipeline.run(plan.embed, encoder, sink, options, workers, progress)
             writer.tombstone(plan.gone)
-            failures = [_failure_row(files[d.path], d.error or "") for d in result.failures]
+            failures = [_failure_row(files[d.path], d.error or "", options) for d in result.failures]
             writer.set_failures(plan.kept_failures + failures)
             commit_started = time.perf_counter()
             writer.commit()
@@ -240,7 +268,8 @@ class Index:
             summary.seconds["write"] = round(summary.seconds["write"] + time.perf_counter() - commit_started, 3)
 
         summary.found = len(found)
-        summary.embedded = result.embedded
+        summary.embedded = result.embedded_files
+        summary.vectors = result.vectors
         summary.reused = len(plan.reuse)
         summary.unchanged = plan.unchanged
         summary.removed = len(plan.gone)
@@ -290,47 +319,67 @@ class Index:
 
     # -- reading -------------------------------------------------------------------------
 
-    def embed_query(self, text: str | None = None, image: str | Path | None = None) -> np.ndarray:
-        """Embed a text or an image file into the index's space (unit vector)."""
-        if (text is None) == (image is None):
-            raise UserInputError("give exactly one query: a text or an image")
-        if text is not None:
-            if not text.strip():
-                raise UserInputError("the query text is empty")
-            return self.encoder.embed_texts([text])[0]
-        spec = self.encoder.image_input
-        decoded = decode_image(absolute(image), spec.size)
-        if decoded.error is not None:
-            raise UserInputError(f"cannot read query image {image}: {decoded.error}")
-        return self.encoder.embed_images(normalise(decoded.crop[None], spec.mean, spec.std))[0]
+    def embed_file(self, path: str | Path) -> np.ndarray:
+        """Embed an image or audio file (all windows of a long recording, averaged)."""
+        return embed_file(self.encoder, path)
+
+    def embed_terms(self, terms: Sequence[Term]) -> np.ndarray:
+        """The unit vector of a weighted sum of texts and files."""
+        return embed_terms(self.encoder, terms)
 
     def search(
         self,
         text: str | None = None,
         *,
         image: str | Path | None = None,
+        audio: str | Path | None = None,
+        query: str | None = None,
         vector: np.ndarray | None = None,
+        modality: str | None = None,
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
     ) -> list[SearchResult]:
-        """The ``k`` items closest to a text, an image file or a raw vector.
+        """The ``k`` items closest to a query, best first.
 
-        ``where`` is a SQL boolean expression over the ``items`` columns (e.g.
-        ``"width >= 1024 AND format = 'JPEG'"``); ``min_score`` drops weaker hits, so
-        an empty list means nothing relevant.
+        The query is the sum of whatever is given: a ``text``, an ``image`` or ``audio``
+        file, an arithmetic ``query`` expression (``"dog" + "beach" - "2:night"``), or a
+        raw ``vector``. ``modality`` (image, text, audio or any) says what to return;
+        by default images for text and image queries, audio for audio queries (or any
+        modality when the index holds none of the preferred one). ``where`` is a SQL
+        boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
+        so an empty list means nothing relevant.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
         self.refresh()
-        query = vector if vector is not None else self.embed_query(text, image)
+        terms = query_terms(text, image, audio, query)
+        if vector is None and not terms:
+            raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
+        query_vector = vector if vector is not None else self.embed_terms(terms)
+        modality = self.result_modality(terms, modality)
+        where = _combine(where, None if modality == "any" else f"modality = '{modality}'")
         include = self.catalog.ids_where(where) if where else None
         shards = self._shard_objects(self._manifest)
-        hits = searcher.search(shards, query, k, include, np.asarray(self._manifest.tombstones, dtype=np.int64))
+        hits = searcher.search(shards, query_vector, k, include, np.asarray(self._manifest.tombstones, dtype=np.int64))
         if min_score is not None:
             hits = [hit for hit in hits if hit[0] >= min_score]
         rows = self.catalog.rows([i for _, i in hits])
         return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
+
+    def result_modality(self, terms: Sequence[Term], modality: str | None = None) -> str:
+        """The modality a search returns: ``modality`` if given, else the query's preferred one."""
+        if modality is not None:
+            if modality not in (*MODALITIES, "any"):
+                raise UserInputError(f"unknown modality {modality!r}; choose image, text, audio or any")
+            return modality
+        preferred = query_parser.result_modality(list(terms)) if terms else "any"
+        return preferred if preferred in self.info_counts() else "any"
+
+    def info_counts(self) -> dict[str, int]:
+        """Live items per modality."""
+        counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
+        return dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist()))
 
     def sql(self, statement: str) -> pa.Table:
         """Run one read-only SQL statement over the views ``items`` and ``failures``."""
@@ -341,7 +390,6 @@ class Index:
         """Model, space, counts per modality, shards and size on disk."""
         self.refresh()
         m = self._manifest
-        counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
         failures = self.catalog.table("SELECT count(*) AS n FROM failures").column("n")[0].as_py()
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return {
@@ -353,7 +401,7 @@ class Index:
             "recipe": m.recipe,
             "shard_size": m.shard_size,
             "vectors": m.live_rows,
-            "by_modality": dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist())),
+            "by_modality": self.info_counts(),
             "shards": len(m.shards),
             "tombstones": len(m.tombstones),
             "failures": failures,
@@ -365,13 +413,75 @@ class Index:
         }
 
 
+def _decode_options(encoder: Encoder, text_column: str | None, id_column: str | None) -> DecodeOptions:
+    options = DecodeOptions(text_column=text_column, id_column=id_column)
+    if encoder.image_input is not None:
+        options = replace(options, image_size=encoder.image_input.size)
+    if encoder.audio_input is not None:
+        options = replace(options, sample_rate=encoder.audio_input.sample_rate, window_s=encoder.audio_input.window_s)
+    return options
+
+
+def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
+    """Embed an image or audio file with ``encoder`` (a long recording: mean of its windows)."""
+    path = absolute(path)
+    decoder = decoder_of(path)
+    if decoder not in ("image", "audio"):
+        raise UserInputError(f"not an image or audio file: {path}")
+    if not Path(path).is_file():
+        raise UserInputError(f"file not found: {path}")
+    decoded = decode(path, decoder, _decode_options(encoder, None, None))
+    if decoded.error is not None:
+        raise UserInputError(f"cannot read query {decoder} {path}: {decoded.error}")
+    vectors = encoder.embed(decoder, [piece.payload for piece in decoded.pieces])
+    return l2_normalise(vectors.mean(axis=0, keepdims=True))[0]
+
+
+def embed_terms(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
+    """Unit vector of the weighted sum of the terms' embeddings."""
+    texts = [t for t in terms if t.modality == "text"]
+    text_vectors = dict(zip((t.value for t in texts), encoder.embed_texts([t.value for t in texts])))
+    total = np.zeros(encoder.dim, dtype=np.float32)
+    for t in terms:
+        total += t.weight * (text_vectors[t.value] if t.modality == "text" else embed_file(encoder, t.value))
+    if not np.any(total):
+        raise UserInputError("the query terms cancel out")
+    return l2_normalise(total[None])[0]
+
+
+def query_terms(
+    text: str | None, image: str | Path | None, audio: str | Path | None, expression: str | None
+) -> list[Term]:
+    """Collect the terms of a query given in any combination of forms."""
+    terms = []
+    if text is not None:
+        if not text.strip():
+            raise UserInputError("the query text is empty")
+        terms.append(Term(1.0, "text", text))
+    terms += [Term(1.0, kind, str(value)) for kind, value in (("image", image), ("audio", audio)) if value]
+    if expression is not None:
+        terms += query_parser.parse(expression)
+    return terms
+
+
+def _combine(*conditions: str | None) -> str | None:
+    present = [f"({c})" for c in conditions if c]
+    return " AND ".join(present) or None
+
+
 def _file_fields(file: FoundFile) -> dict:
     return {"path": file.path, "modality": file.modality, "size": file.size, "mtime": mtime_us(file)}
 
 
-def _item_row(item_id: int, file: FoundFile, decoded: Decoded) -> dict:
-    return {"id": item_id, "content_hash": decoded.content_hash, **_file_fields(file), **decoded.meta}
+def _item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> dict:
+    return {
+        "id": item_id,
+        "content_hash": decoded.content_hash,
+        **_file_fields(file),
+        **decoded.meta,
+        **piece.meta,
+    }
 
 
-def _failure_row(file: FoundFile, reason: str) -> dict:
-    return {**_file_fields(file), "reason": reason}
+def _failure_row(file: FoundFile, reason: str, options: DecodeOptions) -> dict:
+    return {**_file_fields(file), "reason": reason, "options": options.fingerprint()}

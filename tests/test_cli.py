@@ -64,7 +64,7 @@ def test_index_and_query_meet_in_default_location(tmp_path: Path, photos: Path, 
         (["index", "/no/such/folder"], "path not found: /no/such/folder", 2),
         (["query", "x", "--where", "nope = 1"], "invalid --where filter", 2),
         (["sql", "DELETE FROM items"], "only a single read-only SELECT", 2),
-        (["query", "--image", "/no/such.png"], "cannot read query image", 2),
+        (["query", "--image", "/no/such.png"], "file not found: /no/such.png", 2),
         (["query", "x", "--index", "/no/index/here"], "no index at /no/index/here", 1),
     ],
 )

@@ -14,6 +14,7 @@ from conftest import COLOURS, write_image
 from mmsearch import Index
 from mmsearch.errors import FilterError, ModelMismatchError, UserInputError, WriterBusyError
 from mmsearch.models.registry import load_encoder
+from mmsearch.search.query import Term
 from mmsearch.store.lock import WriterLock
 
 
@@ -113,7 +114,7 @@ def test_merge_is_exact_against_brute_force(index: Index) -> None:
     shards = index._shard_objects(index.manifest)
     vectors = np.concatenate([s.vectors() for s in shards])
     ids = np.concatenate([s.ids for s in shards])
-    query = index.embed_query("green")
+    query = index.embed_terms([Term(1.0, "text", "green")])
     expected = ids[np.argsort(-(vectors @ query))[:6]]
     assert [h.id for h in index.search("green", k=6)] == expected.tolist()
 

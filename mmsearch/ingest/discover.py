@@ -14,8 +14,15 @@ from pathlib import Path
 
 from mmsearch.errors import UserInputError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-MODALITY_BY_EXTENSION = {ext: "image" for ext in IMAGE_EXTENSIONS}
+EXTENSIONS_BY_DECODER = {
+    "image": (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
+    "text": (".txt", ".md", ".markdown"),
+    "table": (".csv", ".jsonl", ".parquet"),
+    "audio": (".wav", ".flac", ".ogg", ".mp3"),
+}
+MODALITY_OF_DECODER = {"image": "image", "text": "text", "table": "text", "audio": "audio"}
+MODALITIES = ("image", "text", "audio")
+DECODER_BY_EXTENSION = {ext: decoder for decoder, exts in EXTENSIONS_BY_DECODER.items() for ext in exts}
 
 
 @dataclass(frozen=True)
@@ -23,14 +30,24 @@ class FoundFile:
     """A file found on disk, with what incremental indexing compares."""
 
     path: str
-    modality: str
+    decoder: str
     size: int
     mtime_ns: int
+
+    @property
+    def modality(self) -> str:
+        return MODALITY_OF_DECODER[self.decoder]
+
+
+def decoder_of(path: str | Path) -> str | None:
+    """The decoder a file's extension implies, or ``None`` if unsupported."""
+    return DECODER_BY_EXTENSION.get(os.path.splitext(str(path))[1].lower())
 
 
 def modality_of(path: str | Path) -> str | None:
     """The modality a file's extension implies, or ``None`` if unsupported."""
-    return MODALITY_BY_EXTENSION.get(os.path.splitext(str(path))[1].lower())
+    decoder = decoder_of(path)
+    return MODALITY_OF_DECODER[decoder] if decoder else None
 
 
 def absolute(path: str | Path) -> str:
@@ -49,8 +66,9 @@ def check_roots(roots: Iterable[str | Path]) -> list[str]:
     return checked
 
 
-def walk(roots: Iterable[str]) -> Iterator[FoundFile]:
-    """Yield every supported file under ``roots`` (files given directly included)."""
+def walk(roots: Iterable[str], modalities: Iterable[str] = MODALITIES) -> Iterator[FoundFile]:
+    """Yield every supported file of ``modalities`` under ``roots`` (files given directly included)."""
+    wanted = set(modalities)
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
         if os.path.isfile(root):
@@ -69,19 +87,19 @@ def walk(roots: Iterable[str]) -> Iterator[FoundFile]:
             for name in sorted(filenames):
                 if not name.startswith("."):
                     found = _found(os.path.join(directory, name))
-                    if found is not None:
+                    if found is not None and found.modality in wanted:
                         yield found
 
 
 def _found(path: str) -> FoundFile | None:
-    modality = modality_of(path)
-    if modality is None:
+    decoder = decoder_of(path)
+    if decoder is None:
         return None
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return FoundFile(path, modality, stat.st_size, stat.st_mtime_ns)
+    return FoundFile(path, decoder, stat.st_size, stat.st_mtime_ns)
 
 
 def under(path: str, roots: Iterable[str]) -> bool:

@@ -1,8 +1,9 @@
 """The ingest pipeline: parallel decode → batched encode → sink, timing each stage.
 
 Decoding runs in ``spawn``-ed worker processes (safe next to torch threads and
-CUDA) that import only Pillow and NumPy; the main process normalises, encodes in
-batches and hands vectors to the sink while workers keep decoding ahead.
+CUDA) that import only Pillow, NumPy and the audio/table readers; the main process
+groups decoded pieces per modality, encodes full batches and hands vectors to the
+sink while workers keep decoding ahead.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
-from mmsearch.ingest.decode import Decoded, decode_image
-from mmsearch.ingest.preprocess import normalise
+from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
+from mmsearch.ingest.discover import MODALITY_OF_DECODER, FoundFile
 from mmsearch.models.base import Encoder
 
 INLINE_BELOW = 32  # fewer files than this are decoded in-process: worker start-up costs more
-Sink = Callable[[np.ndarray, list[Decoded]], None]
+Sink = Callable[[np.ndarray, list[tuple[Decoded, Piece]]], None]
 
 
 @dataclass
@@ -39,7 +41,8 @@ class StageTimes:
 
 @dataclass
 class IngestResult:
-    embedded: int = 0
+    embedded_files: int = 0
+    vectors: int = 0
     failures: list[Decoded] = field(default_factory=list)
     times: StageTimes = field(default_factory=StageTimes)
 
@@ -51,52 +54,62 @@ def default_workers(n_files: int) -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _decoded(paths: Sequence[str], size: int, workers: int) -> Iterator[Decoded]:
-    decode = partial(decode_image, size=size)
+def _decoded(files: Sequence[FoundFile], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
+    jobs = [(f.path, f.decoder) for f in files]
+    work = partial(_decode_job, options=options)
     if workers == 0:
-        yield from map(decode, paths)
+        yield from map(work, jobs)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
-        yield from pool.imap(decode, paths, chunksize=4)
+        yield from pool.imap(work, jobs, chunksize=4)
+
+
+def _decode_job(job: tuple[str, str], options: DecodeOptions) -> Decoded:
+    return decode(job[0], job[1], options)
 
 
 def run(
-    paths: Sequence[str],
+    files: Sequence[FoundFile],
     encoder: Encoder,
     sink: Sink,
+    options: DecodeOptions,
     workers: int | None = None,
     progress: bool = False,
 ) -> IngestResult:
-    """Decode, embed and deliver ``paths`` to ``sink`` in encoder-sized batches."""
+    """Decode, embed and deliver ``files`` to ``sink`` in encoder-sized batches per modality."""
     from tqdm import tqdm
 
     result = IngestResult()
-    spec = encoder.image_input
-    batch: list[Decoded] = []
+    batches: dict[str, list[tuple[Decoded, Piece]]] = defaultdict(list)
 
-    def flush() -> None:
+    def flush(modality: str) -> None:
+        batch = batches.pop(modality, [])
+        if not batch:
+            return
         started = time.perf_counter()
-        vectors = encoder.embed_images(normalise(np.stack([d.crop for d in batch]), spec.mean, spec.std))
+        vectors = encoder.embed(modality, [piece.payload for _, piece in batch])
         encoded = time.perf_counter()
-        sink(vectors, list(batch))
+        sink(vectors, batch)
         result.times.encode += encoded - started
         result.times.write += time.perf_counter() - encoded
-        result.embedded += len(batch)
-        batch.clear()
+        result.vectors += len(batch)
 
-    workers = default_workers(len(paths)) if workers is None else workers
-    bar = tqdm(total=len(paths), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    workers = default_workers(len(files)) if workers is None else workers
+    bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar:
-        for decoded in _decoded(paths, spec.size, workers):
+        for decoded in _decoded(files, options, workers):
             result.times.decode += decoded.seconds
+            bar.update(1)
             if decoded.error is not None:
                 result.failures.append(decoded)
-            else:
-                batch.append(decoded)
-                if len(batch) >= encoder.batch_size:
-                    flush()
-            bar.update(1)
-        if batch:
-            flush()
+                continue
+            result.embedded_files += 1
+            modality = MODALITY_OF_DECODER[decoded.decoder]
+            for piece in decoded.pieces:
+                batches[modality].append((decoded, piece))
+                if len(batches[modality]) >= encoder.batch_size:
+                    flush(modality)
+        for modality in list(batches):
+            flush(modality)
     return result

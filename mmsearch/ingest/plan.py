@@ -46,11 +46,12 @@ def mtime_us(file: FoundFile) -> int:
     return file.mtime_ns // 1000
 
 
-def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, roots: list[str]) -> Plan:
-    """Plan an add of ``found`` (everything under ``roots``).
+def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, roots: list[str], options: str) -> Plan:
+    """Plan an add of ``found`` (everything under ``roots``) with decode ``options``.
 
     ``known``: live rows with columns path, id, size, mtime_us, content_hash.
-    ``failures``: earlier failure rows with path, size, mtime_us (plus the rest).
+    ``failures``: earlier failure rows with path, size, mtime_us, options (plus the rest);
+    a failed file is retried once it changes or the decode options do.
     """
     by_path: dict[str, list[dict]] = defaultdict(list)
     for row in known.to_pylist():
@@ -71,7 +72,11 @@ def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, r
             plan.unchanged += 1
             continue
         previous_failure = failed.get(file.path)
-        if previous_failure and (previous_failure["size"], previous_failure["mtime_us"]) == stamp:
+        if previous_failure and (
+            previous_failure["size"],
+            previous_failure["mtime_us"],
+            previous_failure["options"],
+        ) == (*stamp, options):
             plan.known_failures.append(previous_failure)
             continue
         if rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -16,7 +17,7 @@ import torch
 
 from mmsearch.errors import ModelError
 from mmsearch.hashing import file_digest
-from mmsearch.models.base import Encoder, ImageInput
+from mmsearch.models.base import AudioInput, Encoder, ImageInput
 from mmsearch.models.registry import PROJECT_CONFIG_DIRS, ModelSpec
 
 
@@ -76,6 +77,21 @@ class OpenClipEncoder(Encoder):
         )
         self.batch_size = 256 if self.device.startswith("cuda") else 64
         self.dim = int(self._embed_text_batch([""]).shape[1])
+        self.audio_tower = None
+        if spec.audio_dir is not None:
+            self._attach_audio(Path(spec.audio_dir))
+
+    def _attach_audio(self, folder: Path) -> None:
+        """Give the model an ear: an audio tower trained into this model's space."""
+        from mmsearch.models.audio_tower import load_audio_tower
+
+        tower = load_audio_tower(folder / "audio.json", folder / "audio.pt", self.device)
+        if tower.config.embed_dim != self.dim:
+            raise ModelError(f"audio tower in {folder} embeds into {tower.config.embed_dim} dims, not {self.dim}")
+        self.audio_tower = tower
+        self.modalities = self.modalities | {"audio"}
+        self.audio_input = AudioInput(tower.config.sample_rate, tower.config.window_s)
+        self.audio_space_id = f"{self.space_id}+audio@sha256:{file_digest(folder / 'audio.pt')[:16]}"
 
     def _run(self, fn, batch: torch.Tensor) -> np.ndarray:
         with (
@@ -89,6 +105,9 @@ class OpenClipEncoder(Encoder):
 
     def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
         return self._run(self.model.encode_text, self.tokenizer(texts))
+
+    def _embed_audio_batch(self, waves: np.ndarray) -> np.ndarray:
+        return self._run(self.audio_tower, torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)))
 
 
 def _load_failure(spec: ModelSpec, exc: Exception) -> str:

@@ -34,13 +34,15 @@ class ModelSpec:
     arch: str
     weights: str
     source: Literal["tag", "file", "hub"]
+    audio_dir: Path | None = None  # audio.json + audio.pt of an audio tower into this space
 
 
 def _demo_spec() -> ModelSpec:
     weights = sorted(DEMO_DIR.glob("weights.*"))
     if not weights:
         raise ModelError(f"the demo model's weights are missing from {DEMO_DIR}; reinstall mmsearch")
-    return ModelSpec("demo", "mmsearch-demo", str(weights[0]), "file")
+    audio = DEMO_DIR if (DEMO_DIR / "audio.pt").is_file() else None
+    return ModelSpec("demo", "mmsearch-demo", str(weights[0]), "file", audio)
 
 
 NAMED_MODELS = {"demo": _demo_spec}

@@ -42,6 +42,7 @@ class Manifest:
     recipe: str
     shard_size: int
     metric: str = "inner_product"
+    audio_space_id: str | None = None
     shards: list[ShardInfo] = field(default_factory=list)
     tombstones: list[int] = field(default_factory=list)
     failures: str | None = None

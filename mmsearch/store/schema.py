@@ -21,9 +21,13 @@ ITEM_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("taken_at", pa.timestamp("s")),
         ("camera", pa.string()),
-        ("duration_s", pa.float64()),
         ("offset_s", pa.float64()),
+        ("duration_s", pa.float64()),
         ("text", pa.string()),
+        ("char_offset", pa.int64()),
+        ("row", pa.int64()),
+        ("source_id", pa.string()),
+        ("extra", pa.string()),
     ]
 )
 
@@ -34,10 +38,11 @@ FAILURE_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("mtime", pa.timestamp("us", tz="UTC")),
         ("reason", pa.string()),
+        ("options", pa.string()),
     ]
 )
 
 
 def items_table(rows: list[dict]) -> pa.Table:
-    """Build an items table from row dicts; missing columns become null."""
+    """Build an items table from row dicts; missing columns become null, unknown keys are ignored."""
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
