@@ -96,7 +96,8 @@ def index(
         f"{summary.unchanged} unchanged, {summary.removed} removed, {len(summary.failed)} failed"
     )
     for modality, count in summary.unsupported.items():
-        typer.echo(f"  skipped {count} {modality} files: model {idx.manifest.model!r} cannot embed {modality}")
+        hint = " (give it an audio partner: see mmsearch fit-audio --help)" if modality == "audio" else ""
+        typer.echo(f"  skipped {count} {modality} files: model {idx.manifest.model!r} cannot embed {modality}{hint}")
     for failed_path, reason in summary.failed[:10]:
         typer.echo(f"  failed: {failed_path}: {reason}")
     hidden = len(summary.failed) - 10 + summary.previously_failed
@@ -230,6 +231,38 @@ def compact(index: IndexOption = None) -> None:
     """Rewrite shards without removed items, reclaiming space."""
     dropped = _open(index).compact()
     typer.echo(f"compacted: {dropped} removed rows dropped")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to put the generated world and its index.")] = Path(
+        "demo-world"
+    ),
+    images: Annotated[int, typer.Option(help="Scenes to generate.")] = 240,
+    json_out: JsonOption = False,
+) -> None:
+    """Generate a synthetic world, index it with the demo model and query it: no network needed."""
+    from mmsearch.demo import run_demo
+
+    result = run_demo(folder, images=images, say=_say if json_out else typer.echo)
+    if json_out:
+        _print_json(result)
+
+
+@app.command("fit-audio")
+def fit_audio(
+    model: Annotated[
+        str, typer.Argument(help="SPEC+clap:NAME, e.g. ViT-B-32:laion2b_s34b_b79k+clap:laion/clap-htsat-unfused")
+    ],
+    captions: Annotated[Path, typer.Option(help="Text file (one caption per line) or caption table.")],
+    text_column: Annotated[Optional[str], typer.Option(help="Caption tables: column to read.")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Fit the projector that carries a CLAP model's sounds into an open_clip space."""
+    from mmsearch.models.audio import fit_clap_projector, read_captions
+
+    path, pairs = fit_clap_projector(model, read_captions(captions, text_column), device)
+    typer.echo(f"fitted on {pairs} captions: {path}; create indexes with --model '{model}'")
 
 
 @app.command()

@@ -367,6 +367,22 @@ class Index:
         rows = self.catalog.rows([i for _, i in hits])
         return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
 
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
+        self.refresh()
+        wanted = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((len(wanted), self._manifest.dim), dtype=np.float32)
+        found = np.zeros(len(wanted), dtype=bool)
+        for shard in self._shard_objects(self._manifest):
+            mask = np.isin(wanted, shard.ids) & ~found
+            if mask.any():
+                out[mask] = shard.vectors(wanted[mask])
+                found |= mask
+        dead = np.isin(wanted, np.asarray(self._manifest.tombstones, dtype=np.int64))
+        if not found.all() or dead.any():
+            raise UserInputError(f"no live item with id {int(wanted[~found | dead][0])}")
+        return out
+
     def result_modality(self, terms: Sequence[Term], modality: str | None = None) -> str:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
         if modality is not None:

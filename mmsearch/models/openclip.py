@@ -17,7 +17,7 @@ import torch
 
 from mmsearch.errors import ModelError
 from mmsearch.hashing import file_digest
-from mmsearch.models.base import AudioInput, Encoder, ImageInput
+from mmsearch.models.base import Encoder, ImageInput
 from mmsearch.models.registry import PROJECT_CONFIG_DIRS, ModelSpec
 
 
@@ -77,21 +77,25 @@ class OpenClipEncoder(Encoder):
         )
         self.batch_size = 256 if self.device.startswith("cuda") else 64
         self.dim = int(self._embed_text_batch([""]).shape[1])
-        self.audio_tower = None
-        if spec.audio_dir is not None:
-            self._attach_audio(Path(spec.audio_dir))
+        self.audio = None
+        if spec.audio is not None:
+            self.attach_audio(spec)
 
-    def _attach_audio(self, folder: Path) -> None:
-        """Give the model an ear: an audio tower trained into this model's space."""
-        from mmsearch.models.audio_tower import load_audio_tower
+    def attach_audio(self, spec: ModelSpec) -> None:
+        """Give the model an ear: an audio partner embedding into this model's space."""
+        from mmsearch.models.audio import clap_part, tower_part
 
-        tower = load_audio_tower(folder / "audio.json", folder / "audio.pt", self.device)
-        if tower.config.embed_dim != self.dim:
-            raise ModelError(f"audio tower in {folder} embeds into {tower.config.embed_dim} dims, not {self.dim}")
-        self.audio_tower = tower
+        kind, _, where = spec.audio.partition(":")
+        if kind == "tower":
+            self.audio = tower_part(Path(where), self.space_id, self.dim, self.device, self._run_tower)
+        else:
+            self.audio = clap_part(where, self.space_id, spec.spec, self.device)
         self.modalities = self.modalities | {"audio"}
-        self.audio_input = AudioInput(tower.config.sample_rate, tower.config.window_s)
-        self.audio_space_id = f"{self.space_id}+audio@sha256:{file_digest(folder / 'audio.pt')[:16]}"
+        self.audio_input = self.audio.audio_input
+        self.audio_space_id = self.audio.audio_space_id
+
+    def _run_tower(self, tower, waves: np.ndarray) -> np.ndarray:
+        return self._run(tower, torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)))
 
     def _run(self, fn, batch: torch.Tensor) -> np.ndarray:
         with (
@@ -107,7 +111,7 @@ class OpenClipEncoder(Encoder):
         return self._run(self.model.encode_text, self.tokenizer(texts))
 
     def _embed_audio_batch(self, waves: np.ndarray) -> np.ndarray:
-        return self._run(self.audio_tower, torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)))
+        return self.audio.embed(waves)
 
 
 def _load_failure(spec: ModelSpec, exc: Exception) -> str:

@@ -13,7 +13,7 @@ paying for a model load. Accepted forms:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,14 +34,19 @@ class ModelSpec:
     arch: str
     weights: str
     source: Literal["tag", "file", "hub"]
-    audio_dir: Path | None = None  # audio.json + audio.pt of an audio tower into this space
+    audio: str | None = None  # "tower:DIR" or "clap:NAME": the audio partner (see models/audio.py)
+
+    @property
+    def base(self) -> str:
+        """The spec without its audio partner."""
+        return self.spec.split("+", 1)[0] if self.audio and "+" in self.spec else self.spec
 
 
 def _demo_spec() -> ModelSpec:
     weights = sorted(DEMO_DIR.glob("weights.*"))
     if not weights:
         raise ModelError(f"the demo model's weights are missing from {DEMO_DIR}; reinstall mmsearch")
-    audio = DEMO_DIR if (DEMO_DIR / "audio.pt").is_file() else None
+    audio = f"tower:{DEMO_DIR}" if (DEMO_DIR / "audio.pt").is_file() else None
     return ModelSpec("demo", "mmsearch-demo", str(weights[0]), "file", audio)
 
 
@@ -54,8 +59,19 @@ def default_model() -> str:
 
 
 def resolve(spec: str) -> ModelSpec:
-    """Parse a spec string into a canonical :class:`ModelSpec` without loading anything."""
+    """Parse a spec string into a canonical :class:`ModelSpec` without loading anything.
+
+    ``BASE+clap:NAME`` gives ``BASE`` a CLAP audio partner (a hub name or local folder).
+    """
     spec = spec.strip()
+    base, plus, audio = spec.partition("+clap:")
+    if plus:
+        if not audio:
+            raise ModelError(f"model spec {spec!r} names no CLAP model after '+clap:'")
+        if Path(audio).expanduser().is_dir():
+            audio = str(Path(audio).expanduser().resolve())
+        resolved = resolve(base)
+        return replace(resolved, spec=f"{resolved.spec}+clap:{audio}", audio=f"clap:{audio}")
     if spec in NAMED_MODELS:
         return NAMED_MODELS[spec]()
     if spec.startswith("hf-hub:"):
@@ -83,6 +99,7 @@ def describe_models() -> list[tuple[str, str]]:
         ("ARCH:TAG", "any open_clip pretrained tag (python -c 'import open_clip; print(open_clip.list_pretrained())')"),
         ("ARCH:/path/to/checkpoint.pt", "a local open_clip checkpoint file"),
         ("hf-hub:ORG/REPO", "an open_clip model on the Hugging Face hub"),
+        ("SPEC+clap:NAME", "SPEC with a CLAP audio partner (hub name or folder); fit it with mmsearch fit-audio"),
     ]
 
 
