@@ -238,7 +238,7 @@ def demo(
     folder: Annotated[Path, typer.Argument(help="Where to put the generated world and its index.")] = Path(
         "demo-world"
     ),
-    images: Annotated[int, typer.Option(help="Scenes to generate.")] = 240,
+    images: Annotated[int, typer.Option(help="Scenes to generate.")] = 480,
     json_out: JsonOption = False,
 ) -> None:
     """Generate a synthetic world, index it with the demo model and query it: no network needed."""

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmsearch import world
 from mmsearch.models.registry import load_encoder
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 40),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 40),
-    "white": (250, 250, 250),
-    "black": (10, 10, 10),
-}
+COLOURS = {name: world.COLOURS[name] for name in ("red", "green", "blue", "yellow", "white", "black")}
 
 
 @pytest.fixture(scope="session")

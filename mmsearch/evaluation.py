@@ -1,0 +1,116 @@
+"""Score search quality on a synthetic world, whose ground truth is known.
+
+Shared by ``benchmarks/quality.py``, ``mmsearch demo`` and the quality tests, so the
+figures they report are computed one way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch import world
+from mmsearch.index import Index
+
+QUERY_MODALITIES = ("text", "image", "audio")
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A query modality and the modality of the results."""
+
+    source: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}→{self.target}"
+
+
+def class_query(label: str) -> str:
+    """ "red circle" → "a red circle"."""
+    return f"a {label}"
+
+
+class Scorer:
+    """Precision and recall at ``k`` for every query direction an index supports."""
+
+    def __init__(self, index: Index, world_dir: Path, k: int = 10, queries: int = 200, seed: int = 0) -> None:
+        self.index, self.k, self.queries = index, k, queries
+        self.rng = np.random.default_rng(seed)
+        truth = {}
+        with open(Path(world_dir) / "captions.csv", newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                truth[str((Path(world_dir) / row["file"]).resolve())] = row
+        items = index.sql("SELECT id, modality, path, extra FROM items").to_pylist()
+        self.scenes: dict[int, dict] = {}
+        self.by_modality: dict[str, list[int]] = {m: [] for m in QUERY_MODALITIES}
+        for item in items:
+            attributes = json.loads(item["extra"]) if item["modality"] == "text" else truth.get(item["path"])
+            if attributes:
+                self.scenes[item["id"]] = {
+                    "shape": attributes["shape"],
+                    "colour": attributes["colour"],
+                    "count": int(attributes["count"]),
+                }
+                self.by_modality[item["modality"]].append(item["id"])
+
+    def directions(self) -> list[Direction]:
+        """Every (query, result) pair of modalities the index holds and the model embeds."""
+        present = [m for m in QUERY_MODALITIES if self.by_modality[m]]
+        sources = [m for m in present if m == "text" or m in self.index.encoder.modalities]
+        return [Direction(s, t) for s in sources for t in present]
+
+    def _relevant(self, query: dict, item_id: int) -> bool:
+        scene = self.scenes.get(item_id)
+        if scene is None:
+            return False
+        return all(scene[key] == value for key, value in query.items())
+
+    def score(self, direction: Direction) -> dict:
+        """Mean precision@k and recall@k over the direction's queries."""
+        precisions, recalls = [], []
+        for query_attributes, vector, own_id in self._queries(direction.source):
+            hits = self.index.search(vector=vector, modality=direction.target, k=self.k + 1)
+            hits = [h for h in hits if h.id != own_id][: self.k]
+            relevant_total = sum(
+                self._relevant(query_attributes, i) for i in self.by_modality[direction.target] if i != own_id
+            )
+            found = sum(self._relevant(query_attributes, h.id) for h in hits)
+            precisions.append(found / self.k)
+            if relevant_total:
+                recalls.append(found / relevant_total)
+        return {
+            "direction": direction.name,
+            "queries": len(precisions),
+            "precision": float(np.mean(precisions)),
+            "recall": float(np.mean(recalls)) if recalls else None,
+        }
+
+    def _queries(self, modality: str):
+        if modality == "text":
+            labels = list(world.CLASSES)
+            vectors = self.index.encoder.embed_texts([class_query(label) for label in labels])
+            for label, vector in zip(labels, vectors):
+                colour, shape = label.split(" ", 1)
+                yield {"colour": colour, "shape": shape, "count": 1}, vector, None
+            return
+        ids = self.by_modality[modality]
+        chosen = self.rng.choice(ids, size=min(self.queries, len(ids)), replace=False)
+        for item_id, vector in zip(chosen, self.index.vectors(chosen)):
+            scene = self.scenes[int(item_id)]
+            yield {"colour": scene["colour"], "shape": scene["shape"]}, vector, int(item_id)
+
+    def zero_shot(self, modality: str = "image") -> dict:
+        """Top-1 accuracy of labelling items with the shape×colour class captions."""
+        ids = self.by_modality[modality]
+        labels = list(world.CLASSES)
+        scores = self.index.vectors(ids) @ self.index.encoder.embed_texts([class_query(x) for x in labels]).T
+        predicted = [labels[i] for i in scores.argmax(axis=1)]
+        truth = [f"{self.scenes[i]['colour']} {self.scenes[i]['shape']}" for i in ids]
+        accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
+        return {"direction": f"{modality}→class (zero-shot top-1)", "queries": len(ids), "precision": accuracy}
