@@ -220,17 +220,24 @@ def sql(
 def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders whose items to remove.")],
     index: IndexOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Remove the items of PATHS from the index (the files are not touched)."""
     removed = _open(index).remove(paths)
-    typer.echo(f"removed {removed} items")
+    if json_out:
+        _print_json({"removed": removed})
+    else:
+        typer.echo(f"removed {removed} items")
 
 
 @app.command()
-def compact(index: IndexOption = None) -> None:
+def compact(index: IndexOption = None, json_out: JsonOption = False) -> None:
     """Rewrite shards without removed items, reclaiming space."""
     dropped = _open(index).compact()
-    typer.echo(f"compacted: {dropped} removed rows dropped")
+    if json_out:
+        _print_json({"dropped": dropped})
+    else:
+        typer.echo(f"compacted: {dropped} removed rows dropped")
 
 
 @app.command()

@@ -99,6 +99,7 @@ class Index:
         self._manifest = manifest_io.load(self.path)
         self._shards: dict[str, Shard] = {}
         self._catalog: Catalog | None = None
+        self._counts: dict[str, int] | None = None
         if encoder is not None:
             self._check_space(encoder)
 
@@ -188,6 +189,7 @@ class Index:
         if latest.generation != self._manifest.generation:
             self._manifest = latest
             self._catalog = None
+            self._counts = None
 
     def _shard_objects(self, manifest: Manifest) -> list[Shard]:
         live = {info.name: self._shards.get(info.name) or Shard(self.path, info) for info in manifest.shards}
@@ -358,7 +360,8 @@ class Index:
             raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
         query_vector = vector if vector is not None else self.embed_terms(terms)
         modality = self.result_modality(terms, modality)
-        where = _combine(where, None if modality == "any" else f"modality = '{modality}'")
+        everything_matches = modality == "any" or set(self.info_counts()) <= {modality}
+        where = _combine(where, None if everything_matches else f"modality = '{modality}'")
         include = self.catalog.ids_where(where) if where else None
         shards = self._shard_objects(self._manifest)
         hits = searcher.search(shards, query_vector, k, include, np.asarray(self._manifest.tombstones, dtype=np.int64))
@@ -393,9 +396,11 @@ class Index:
         return preferred if preferred in self.info_counts() else "any"
 
     def info_counts(self) -> dict[str, int]:
-        """Live items per modality."""
-        counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
-        return dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist()))
+        """Live items per modality (computed once per generation)."""
+        if self._counts is None:
+            counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
+            self._counts = dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist()))
+        return self._counts
 
     def sql(self, statement: str) -> pa.Table:
         """Run one read-only SQL statement over the views ``items`` and ``failures``."""

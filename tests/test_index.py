@@ -237,3 +237,16 @@ def test_missing_path_and_existing_index_errors(tmp_path: Path, encoder, index: 
         index.add([tmp_path / "nope"])
     with pytest.raises(UserInputError, match="already exists"):
         Index.create(index.path, encoder=encoder)
+
+
+def test_hnsw_recipe_filters_exactly_like_flat(tmp_path: Path, encoder, photos: Path) -> None:
+    flat = Index.create(tmp_path / "flat", encoder=encoder, recipe="flat", shard_size=5)
+    graph = Index.create(tmp_path / "hnsw", encoder=encoder, recipe="hnsw", shard_size=5)
+    for idx in (flat, graph):
+        idx.add([photos], workers=0)
+    assert {s.recipe for s in graph.manifest.shards} == {"hnsw"}
+    for where in (None, "format = 'PNG'", "width > 100"):
+        a, b = flat.search("green", k=4, where=where), graph.search("green", k=4, where=where)
+        assert paths_of(a) == paths_of(b)
+    with pytest.raises(UserInputError, match="unknown index recipe"):
+        Index.create(tmp_path / "bad", encoder=encoder, recipe="ivf")

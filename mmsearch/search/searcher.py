@@ -1,9 +1,11 @@
 """Fan a query out over shards and merge the per-shard top-k exactly.
 
 Without a filter, tombstoned ids are excluded inside FAISS with an id selector.
-With a filter (an explicit id set), a selective set is scored exactly against the
-stored vectors; a broad one is passed to FAISS as a selector. Shards hold CPU
-FAISS indexes, which honour selectors (GPU indexes would silently ignore them).
+With a filter (an explicit id set), flat shards search with an id selector (exact);
+graph (HNSW) shards score a selective set exactly against the stored vectors, since
+a selector that rejects most of the graph starves its search, and take a broad set
+as a selector. Shards hold CPU FAISS indexes, which honour selectors (GPU indexes
+would silently ignore them).
 """
 
 from __future__ import annotations
@@ -17,22 +19,22 @@ import numpy as np
 
 from mmsearch.store.shard import Shard
 
-EXACT_FILTER_MAX = 50_000  # filtered sets up to this size are scored exactly
+EXACT_FILTER_MAX = 50_000  # filtered sets up to this size are scored exactly on graph shards
 Hit = tuple[float, int]
 
 
 def _search_shard(
     shard: Shard, query: np.ndarray, k: int, include: np.ndarray | None, exclude: np.ndarray
 ) -> list[Hit]:
-    if include is not None and len(include) <= EXACT_FILTER_MAX:
+    if include is not None:
         ids = include[np.isin(include, shard.ids)]
         if len(ids) == 0:
             return []
-        scores = shard.vectors(ids) @ query
-        top = np.argsort(-scores)[:k]
-        return [(float(scores[i]), int(ids[i])) for i in top]
-    if include is not None:
-        selector = faiss.IDSelectorBatch(include)
+        if shard.info.recipe != "flat" and len(ids) <= EXACT_FILTER_MAX:
+            scores = shard.vectors(ids) @ query
+            top = np.argsort(-scores)[:k]
+            return [(float(scores[i]), int(ids[i])) for i in top]
+        selector = faiss.IDSelectorBatch(ids)
     elif len(exclude):
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude))
     else:
