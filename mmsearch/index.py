@@ -417,6 +417,7 @@ class Index:
             "index": str(self.path),
             "model": m.model,
             "space_id": m.space_id,
+            "audio_space_id": m.audio_space_id,
             "dim": m.dim,
             "metric": m.metric,
             "recipe": m.recipe,

@@ -112,3 +112,15 @@ def test_long_recording_hits_point_to_the_right_window(tmp_path: Path) -> None:
         )
     result = run_cli("query", "a green star", "--modality", "audio", "-k", "1", "--index", str(index.path))
     assert f"long.flac @ {3 * window:.1f}s" in result.stdout
+
+
+def test_demo_loads_through_the_local_checkpoint_path() -> None:
+    from mmsearch.models.registry import DEMO_DIR, load_encoder, resolve
+
+    demo = resolve("demo")
+    as_user_file = f"mmsearch-demo:{next(DEMO_DIR.glob('weights.*'))}"
+    assert (demo.arch, demo.source) == ("mmsearch-demo", "file")
+    a, b = load_encoder("demo"), load_encoder(as_user_file)
+    assert a.space_id == b.space_id
+    texts = ["a red circle", "two blue squares"]
+    assert (a.embed_texts(texts) == b.embed_texts(texts)).all()
