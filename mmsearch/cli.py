@@ -129,7 +129,7 @@ def query(
     json_out: JsonOption = False,
 ) -> None:
     """Find the items closest to a text, an image, a sound, or a sum of them."""
-    from mmsearch.index import query_terms
+    from mmsearch.search.embed import query_terms
 
     idx = _open(index, device)
     expression = " ".join(text) if text else None

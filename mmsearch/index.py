@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -20,13 +20,13 @@ import pyarrow.compute as pc
 
 from mmsearch.errors import IndexNotFoundError, ModelMismatchError, UserInputError
 from mmsearch.ingest import pipeline
-from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
-from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, decoder_of, walk
+from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
+from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, walk
 from mmsearch.ingest.plan import make_plan, mtime_us
 from mmsearch.models import registry
-from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.models.base import Encoder
+from mmsearch.search import embed, searcher
 from mmsearch.search import query as query_parser
-from mmsearch.search import searcher
 from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.catalog import Catalog
@@ -230,7 +230,7 @@ class Index:
         roots = check_roots(paths)
         summary = AddSummary(index=str(self.path))
         encoder = self.encoder
-        options = _decode_options(encoder, text_column, id_column)
+        options = pipeline.decode_options(encoder, text_column, id_column)
         with ShardWriter(self.path) as writer:
             writer.manifest.audio_space_id = writer.manifest.audio_space_id or encoder.audio_space_id
             catalog = self._catalog_for(writer.manifest)
@@ -323,11 +323,11 @@ class Index:
 
     def embed_file(self, path: str | Path) -> np.ndarray:
         """Embed an image or audio file (all windows of a long recording, averaged)."""
-        return embed_file(self.encoder, path)
+        return embed.embed_file(self.encoder, path)
 
     def embed_terms(self, terms: Sequence[Term]) -> np.ndarray:
         """The unit vector of a weighted sum of texts and files."""
-        return embed_terms(self.encoder, terms)
+        return embed.embed_terms(self.encoder, terms)
 
     def search(
         self,
@@ -355,7 +355,7 @@ class Index:
         if k < 1:
             raise UserInputError("k must be at least 1")
         self.refresh()
-        terms = query_terms(text, image, audio, query)
+        terms = embed.query_terms(text, image, audio, query)
         if vector is None and not terms:
             raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
         query_vector = vector if vector is not None else self.embed_terms(terms)
@@ -433,57 +433,6 @@ class Index:
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
-
-
-def _decode_options(encoder: Encoder, text_column: str | None, id_column: str | None) -> DecodeOptions:
-    options = DecodeOptions(text_column=text_column, id_column=id_column)
-    if encoder.image_input is not None:
-        options = replace(options, image_size=encoder.image_input.size)
-    if encoder.audio_input is not None:
-        options = replace(options, sample_rate=encoder.audio_input.sample_rate, window_s=encoder.audio_input.window_s)
-    return options
-
-
-def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
-    """Embed an image or audio file with ``encoder`` (a long recording: mean of its windows)."""
-    path = absolute(path)
-    decoder = decoder_of(path)
-    if decoder not in ("image", "audio"):
-        raise UserInputError(f"not an image or audio file: {path}")
-    if not Path(path).is_file():
-        raise UserInputError(f"file not found: {path}")
-    decoded = decode(path, decoder, _decode_options(encoder, None, None))
-    if decoded.error is not None:
-        raise UserInputError(f"cannot read query {decoder} {path}: {decoded.error}")
-    vectors = encoder.embed(decoder, [piece.payload for piece in decoded.pieces])
-    return l2_normalise(vectors.mean(axis=0, keepdims=True))[0]
-
-
-def embed_terms(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
-    """Unit vector of the weighted sum of the terms' embeddings."""
-    texts = [t for t in terms if t.modality == "text"]
-    text_vectors = dict(zip((t.value for t in texts), encoder.embed_texts([t.value for t in texts])))
-    total = np.zeros(encoder.dim, dtype=np.float32)
-    for t in terms:
-        total += t.weight * (text_vectors[t.value] if t.modality == "text" else embed_file(encoder, t.value))
-    if not np.any(total):
-        raise UserInputError("the query terms cancel out")
-    return l2_normalise(total[None])[0]
-
-
-def query_terms(
-    text: str | None, image: str | Path | None, audio: str | Path | None, expression: str | None
-) -> list[Term]:
-    """Collect the terms of a query given in any combination of forms."""
-    terms = []
-    if text is not None:
-        if not text.strip():
-            raise UserInputError("the query text is empty")
-        terms.append(Term(1.0, "text", text))
-    terms += [Term(1.0, kind, str(value)) for kind, value in (("image", image), ("audio", audio)) if value]
-    if expression is not None:
-        terms += query_parser.parse(expression)
-    return terms
 
 
 def _combine(*conditions: str | None) -> str | None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch.errors import UserInputError
-from mmsearch.index import embed_file
 from mmsearch.models.base import Encoder
+from mmsearch.search.embed import embed_file
 
 LOGIT_SCALE = 100.0  # CLIP's learned temperature ceiling; turns cosines into confident probabilities
 

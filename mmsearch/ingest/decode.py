@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -186,10 +186,6 @@ def _table_rows(data: bytes, path: str) -> list[dict]:
     return pjson.read_json(source).to_pylist()
 
 
-def _jsonable(value: object) -> object:
-    return value.isoformat() if isinstance(value, (datetime, date)) else value
-
-
 def decode_table(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
     """A caption/document table: one piece per row of the text column; the id column
     becomes ``source_id`` and the other columns are kept as JSON in ``extra``."""
@@ -205,7 +201,7 @@ def decode_table(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
         text = row.get(column)
         if text is None or not str(text).strip():
             continue
-        extra = {k: _jsonable(v) for k, v in row.items() if k not in (column, options.id_column)}
+        extra = {k: v for k, v in row.items() if k not in (column, options.id_column)}
         meta = {"text": str(text), "row": number, "extra": json.dumps(extra, default=str)}
         if options.id_column:
             meta["source_id"] = str(row[options.id_column])

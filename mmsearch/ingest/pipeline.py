@@ -14,7 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -45,6 +45,16 @@ class IngestResult:
     vectors: int = 0
     failures: list[Decoded] = field(default_factory=list)
     times: StageTimes = field(default_factory=StageTimes)
+
+
+def decode_options(encoder: Encoder, text_column: str | None, id_column: str | None) -> DecodeOptions:
+    """What decode workers need to know to prepare input for ``encoder``."""
+    options = DecodeOptions(text_column=text_column, id_column=id_column)
+    if encoder.image_input is not None:
+        options = replace(options, image_size=encoder.image_input.size)
+    if encoder.audio_input is not None:
+        options = replace(options, sample_rate=encoder.audio_input.sample_rate, window_s=encoder.audio_input.window_s)
+    return options
 
 
 def default_workers(n_files: int) -> int:
