@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import COLOURS, write_image
 from mmsearch import Index
 from mmsearch.errors import FilterError, ModelMismatchError, UserInputError, WriterBusyError
+from mmsearch.models.base import Encoder
 from mmsearch.models.registry import load_encoder
 from mmsearch.search.query import Term
 from mmsearch.store.lock import WriterLock
@@ -250,3 +251,32 @@ def test_hnsw_recipe_filters_exactly_like_flat(tmp_path: Path, encoder, photos: 
         assert paths_of(a) == paths_of(b)
     with pytest.raises(UserInputError, match="unknown index recipe"):
         Index.create(tmp_path / "bad", encoder=encoder, recipe="ivf")
+
+
+class CrashingEncoder(Encoder):
+    """The real encoder, interrupted (as by Ctrl-C or a kill) after ``batches`` batches."""
+
+    def __init__(self, inner: Encoder, batches: int) -> None:
+        self.inner, self.remaining = inner, batches
+        self.spec, self.space_id, self.audio_space_id = inner.spec, inner.space_id, inner.audio_space_id
+        self.dim, self.modalities, self.image_input = inner.dim, inner.modalities, inner.image_input
+        self.batch_size = 2
+
+    def embed(self, modality: str, payloads) -> np.ndarray:
+        if self.remaining == 0:
+            raise KeyboardInterrupt
+        self.remaining -= 1
+        return self.inner.embed(modality, payloads)
+
+
+def test_interrupted_ingest_keeps_checkpoints_and_resumes(tmp_path: Path, encoder, photos: Path) -> None:
+    Index.create(tmp_path / "index", encoder=encoder, shard_size=4)
+    crashing = Index.open(tmp_path / "index", encoder=CrashingEncoder(encoder, batches=3))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.add([photos], workers=0)  # 6 files embedded, one shard of 4 sealed and committed
+    resumed = Index.open(tmp_path / "index", encoder=encoder)
+    assert resumed.info()["vectors"] == 4
+    assert sorted(p.name for p in (tmp_path / "index" / "shards").iterdir() if p.suffix == ".faiss") == ["000001.faiss"]
+    summary = resumed.add([photos], workers=0)
+    assert (summary.unchanged, summary.embedded) == (4, 8)
+    assert resumed.info()["vectors"] == 12
