@@ -57,7 +57,8 @@ def run_demo(folder: Path, images: int = 480, seed: int = 7, say: Callable[[str]
 
     scorer = Scorer(index, world_dir, k=5, queries=60, seed=seed)
     scores = [scorer.score(direction) for direction in scorer.directions()]
-    say("\nprecision@5 per direction (relevant = same colour and shape):")
+    say("\nper direction: precision@5, and precision of what a world this small allows")
+    say("(relevant = same colour and shape; text queries such as 'a red circle' also want one object)")
     for row in scores:
-        say(f"  {row['direction']:<14} {row['precision']:.2f}")
+        say(f"  {row['direction']:<14} {row['precision']:.2f}   {row['achievable_precision']:.2f}")
     return {"index": str(index_dir), "world": str(world_dir), "scores": scores}

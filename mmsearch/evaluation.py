@@ -72,8 +72,9 @@ class Scorer:
         return all(scene[key] == value for key, value in query.items())
 
     def score(self, direction: Direction) -> dict:
-        """Mean precision@k and recall@k over the direction's queries."""
-        precisions, recalls = [], []
+        """Mean precision@k and recall@k over the direction's queries, and precision
+        against what is achievable (``found / min(k, relevant)``), which small worlds need."""
+        precisions, recalls, achievable = [], [], []
         for query_attributes, vector, own_id in self._queries(direction.source):
             hits = self.index.search(vector=vector, modality=direction.target, k=self.k + 1)
             hits = [h for h in hits if h.id != own_id][: self.k]
@@ -84,11 +85,13 @@ class Scorer:
             precisions.append(found / self.k)
             if relevant_total:
                 recalls.append(found / relevant_total)
+                achievable.append(found / min(self.k, relevant_total))
         return {
             "direction": direction.name,
             "queries": len(precisions),
             "precision": float(np.mean(precisions)),
             "recall": float(np.mean(recalls)) if recalls else None,
+            "achievable_precision": float(np.mean(achievable)) if achievable else None,
         }
 
     def _queries(self, modality: str):
