@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmsearch.errors import IndexNotFoundError, ModelMismatchError, UserInputError
+from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError, UserInputError
 from mmsearch.ingest import pipeline
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
 from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, walk
@@ -172,8 +172,10 @@ class Index:
             self._encoder = encoder
         return self._encoder
 
-    def _check_space(self, encoder: Encoder) -> None:
-        expected = (self._manifest.space_id, self._manifest.audio_space_id or encoder.audio_space_id)
+    def _check_space(self, encoder: Encoder, manifest: Manifest | None = None) -> None:
+        """Refuse an encoder of another space than the index's (latest ``manifest`` if given)."""
+        manifest = manifest or self._manifest
+        expected = (manifest.space_id, manifest.audio_space_id or encoder.audio_space_id)
         for wanted, actual in zip(expected, (encoder.space_id, encoder.audio_space_id)):
             if wanted != actual:
                 raise ModelMismatchError(
@@ -231,22 +233,25 @@ class Index:
         summary = AddSummary(index=str(self.path))
         encoder = self.encoder
         options = pipeline.decode_options(encoder, text_column, id_column)
+        if workers is not None and workers < 0:
+            raise UserInputError("workers must be 0 (decode in-process) or more")
         with ShardWriter(self.path) as writer:
+            self._check_space(encoder, writer.manifest)
             writer.manifest.audio_space_id = writer.manifest.audio_space_id or encoder.audio_space_id
             catalog = self._catalog_for(writer.manifest)
-            known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash FROM items")
+            known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
             old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
-            found = []
-            for file in walk(roots):
+            found, unreadable = [], []
+            for file in walk(roots, exclude=[str(self.path.resolve())], unreadable=unreadable):
                 if file.modality in encoder.modalities:
                     found.append(file)
                 else:
                     summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
-            plan = make_plan(found, known, old_failures, roots, options.fingerprint())
+            plan = make_plan(found, known, old_failures, roots, options.fingerprint(), unreadable)
             summary.seconds["discover"] = round(time.perf_counter() - started, 3)
 
-            for reuse in plan.reuse:
-                vectors, rows = self._shard_rows(writer.manifest, reuse.source_ids)
+            sources = [self._shard_rows(writer.manifest, reuse.source_ids) for reuse in plan.reuse]
+            for reuse, (vectors, rows) in zip(plan.reuse, sources):
                 ids = writer.next_ids(len(rows))
                 for row, new_id in zip(rows, ids):
                     row.update(_file_fields(reuse.file), id=int(new_id))
@@ -262,6 +267,7 @@ class Index:
 
             result = pipeline.run(plan.embed, encoder, sink, options, workers, progress)
             writer.tombstone(plan.gone)
+            writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
             failures = [_failure_row(files[d.path], d.error or "", options) for d in result.failures]
             writer.set_failures(plan.kept_failures + failures)
             commit_started = time.perf_counter()
@@ -282,7 +288,11 @@ class Index:
         return summary
 
     def _shard_rows(self, manifest: Manifest, ids: list[int]) -> tuple[np.ndarray, list[dict]]:
-        """Stored vectors and aligned metadata rows of ``ids``, wherever they live."""
+        """Stored vectors and aligned metadata rows of ``ids``, wherever they live.
+
+        Read before the writer appends anything: appending may pull the last shard
+        out of the manifest into the writer's buffer.
+        """
         wanted = pa.array(ids, pa.int64())
         vectors, rows = [], []
         for shard in self._shard_objects(manifest):
@@ -291,6 +301,8 @@ class Index:
             if table.num_rows:
                 rows.extend(table.to_pylist())
                 vectors.append(shard.vectors(table.column("id").to_numpy()))
+        if len(rows) != len(ids):
+            raise IndexFormatError(f"index {self.path} lost rows {sorted(set(ids) - {r['id'] for r in rows})}")
         return np.concatenate(vectors), rows
 
     def remove(self, paths: Sequence[str | Path]) -> int:
@@ -448,6 +460,7 @@ def _item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> 
     return {
         "id": item_id,
         "content_hash": decoded.content_hash,
+        "pieces": len(decoded.pieces),
         **_file_fields(file),
         **decoded.meta,
         **piece.meta,

@@ -280,3 +280,54 @@ def test_interrupted_ingest_keeps_checkpoints_and_resumes(tmp_path: Path, encode
     summary = resumed.add([photos], workers=0)
     assert (summary.unchanged, summary.embedded) == (4, 8)
     assert resumed.info()["vectors"] == 12
+
+
+def test_renames_within_one_partial_shard(tmp_path: Path, encoder, photos: Path) -> None:
+    idx = Index.create(tmp_path / "index", encoder=encoder)  # default shard size: one partial shard
+    idx.add([photos], workers=0)
+    (photos / "red.png").rename(photos / "red-renamed.png")
+    (photos / "blue.png").rename(photos / "blue-renamed.png")
+    summary = idx.add([photos], workers=0)
+    assert (summary.reused, summary.removed, summary.embedded) == (2, 2, 0)
+    assert idx.search(image=photos / "blue-renamed.png", k=1)[0].path == str(photos / "blue-renamed.png")
+
+
+def test_interrupted_multi_row_file_is_redone(tmp_path: Path, encoder) -> None:
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "rows.csv").write_text("text\n" + "\n".join(f"caption number {i}" for i in range(10)))
+    Index.create(tmp_path / "index", encoder=encoder, shard_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        Index.open(tmp_path / "index", encoder=CrashingEncoder(encoder, batches=3)).add([folder], workers=0)
+    resumed = Index.open(tmp_path / "index", encoder=encoder)
+    assert resumed.info()["vectors"] == 4  # half a file was committed at the checkpoint
+    summary = resumed.add([folder], workers=0)
+    assert (summary.unchanged, summary.embedded, summary.vectors) == (0, 1, 10)
+    assert resumed.sql("SELECT count(*) AS n FROM items").to_pylist() == [{"n": 10}]
+
+
+def test_changed_file_that_fails_loses_its_old_rows(tmp_path: Path, encoder, photos: Path) -> None:
+    idx = Index.create(tmp_path / "index", encoder=encoder)
+    idx.add([photos], workers=0)
+    (photos / "red.png").write_bytes(b"now corrupt")
+    summary = idx.add([photos], workers=0)
+    assert [Path(p).name for p, _ in summary.failed] == ["red.png"]
+    assert str(photos / "red.png") not in paths_of(idx.search("x", k=100))
+
+
+def test_an_index_inside_the_indexed_folder_is_not_indexed(tmp_path: Path, encoder, photos: Path) -> None:
+    idx = Index.create(photos / "indexes" / "default", encoder=encoder)
+    idx.add([photos], workers=0)
+    summary = idx.add([photos], workers=0)
+    assert (summary.found, summary.failed) == (12, [])
+    assert idx.info()["vectors"] == 12
+
+
+def test_creating_over_an_existing_index_is_refused_under_the_lock(index: Index) -> None:
+    from mmsearch.store.manifest import Manifest
+    from mmsearch.store.writer import ShardWriter
+
+    fresh = Manifest(model="m", space_id="s", dim=4, recipe="auto", shard_size=10)
+    with pytest.raises(UserInputError, match="already exists"), ShardWriter(index.path, fresh):
+        pass
+    assert index.info()["vectors"] == 12

@@ -66,9 +66,23 @@ def check_roots(roots: Iterable[str | Path]) -> list[str]:
     return checked
 
 
-def walk(roots: Iterable[str], modalities: Iterable[str] = MODALITIES) -> Iterator[FoundFile]:
-    """Yield every supported file of ``modalities`` under ``roots`` (files given directly included)."""
-    wanted = set(modalities)
+def walk(
+    roots: Iterable[str],
+    modalities: Iterable[str] = MODALITIES,
+    exclude: Iterable[str] = (),
+    unreadable: list[str] | None = None,
+) -> Iterator[FoundFile]:
+    """Yield every supported file of ``modalities`` under ``roots`` (files given directly included).
+
+    Folders in ``exclude`` (e.g. the index itself) are skipped; folders that cannot be
+    listed are appended to ``unreadable`` so their indexed items are not taken as deleted.
+    """
+    wanted, excluded = set(modalities), {os.path.realpath(p) for p in exclude}
+
+    def note(error: OSError) -> None:
+        if unreadable is not None and error.filename:
+            unreadable.append(absolute(error.filename))
+
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
         if os.path.isfile(root):
@@ -77,9 +91,14 @@ def walk(roots: Iterable[str], modalities: Iterable[str] = MODALITIES) -> Iterat
                 raise UserInputError(f"unsupported file type: {root}")
             yield found
             continue
-        for directory, dirnames, filenames in os.walk(root, followlinks=True):
-            stat = os.stat(directory)
-            if (stat.st_dev, stat.st_ino) in seen_dirs:
+        for directory, dirnames, filenames in os.walk(root, followlinks=True, onerror=note):
+            try:
+                stat = os.stat(directory)
+            except OSError as error:
+                note(error)
+                dirnames.clear()
+                continue
+            if (stat.st_dev, stat.st_ino) in seen_dirs or os.path.realpath(directory) in excluded:
                 dirnames.clear()
                 continue
             seen_dirs.add((stat.st_dev, stat.st_ino))

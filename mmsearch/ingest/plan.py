@@ -46,17 +46,30 @@ def mtime_us(file: FoundFile) -> int:
     return file.mtime_ns // 1000
 
 
-def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, roots: list[str], options: str) -> Plan:
+def make_plan(
+    found: Iterable[FoundFile],
+    known: pa.Table,
+    failures: pa.Table,
+    roots: list[str],
+    options: str,
+    unreadable: Iterable[str] = (),
+) -> Plan:
     """Plan an add of ``found`` (everything under ``roots``) with decode ``options``.
 
-    ``known``: live rows with columns path, id, size, mtime_us, content_hash.
+    ``known``: live rows with columns path, id, size, mtime_us, content_hash, pieces;
+    a file with fewer live rows than pieces was cut short by a crash and is redone.
+    ``unreadable``: folders the walk could not list; their items are not "gone".
     ``failures``: earlier failure rows with path, size, mtime_us, options (plus the rest);
     a failed file is retried once it changes or the decode options do.
     """
     by_path: dict[str, list[dict]] = defaultdict(list)
     for row in known.to_pylist():
         by_path[row["path"]].append(row)
-    by_hash = {rows[0]["content_hash"]: [row["id"] for row in rows] for rows in by_path.values()}
+    by_hash = {
+        rows[0]["content_hash"]: [row["id"] for row in rows]
+        for rows in by_path.values()
+        if len(rows) == rows[0]["pieces"]
+    }
     sizes = {rows[0]["size"] for rows in by_path.values()}
     failed = {row["path"]: row for row in failures.to_pylist()}
 
@@ -68,7 +81,8 @@ def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, r
         seen.add(file.path)
         rows = by_path.get(file.path, [])
         stamp = (file.size, mtime_us(file))
-        if rows and (rows[0]["size"], rows[0]["mtime_us"]) == stamp:
+        complete = bool(rows) and len(rows) == rows[0]["pieces"]
+        if complete and (rows[0]["size"], rows[0]["mtime_us"]) == stamp:
             plan.unchanged += 1
             continue
         previous_failure = failed.get(file.path)
@@ -87,6 +101,12 @@ def make_plan(found: Iterable[FoundFile], known: pa.Table, failures: pa.Table, r
         else:
             plan.embed.append(file)
 
-    plan.gone = [row["id"] for path, rows in by_path.items() if path not in seen and under(path, roots) for row in rows]
+    unreadable = list(unreadable)
+    plan.gone = [
+        row["id"]
+        for path, rows in by_path.items()
+        if path not in seen and under(path, roots) and not under(path, unreadable)
+        for row in rows
+    ]
     plan.kept_failures = plan.known_failures + [row for path, row in failed.items() if not under(path, roots)]
     return plan

@@ -71,11 +71,15 @@ def read_captions(path: Path, text_column: str | None = None) -> list[str]:
     if path.suffix.lower() in (".csv", ".jsonl", ".parquet"):
         try:
             _, pieces = decode_table(path.read_bytes(), str(path), DecodeOptions(text_column=text_column))
-        except DecodeError as exc:
-            raise ModelError(f"cannot read captions from {path}: {exc}") from None
+        except (DecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ModelError(f"cannot read captions from {path}: {str(exc).splitlines()[0]}") from None
         captions = [str(piece.payload) for piece in pieces]
     else:
-        captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ModelError(f"cannot read captions from {path}: not UTF-8 text") from None
+        captions = [line.strip() for line in lines if line.strip()]
     if len(captions) < 2:
         raise ModelError(f"{path} holds fewer than two captions; a projector needs many (hundreds or more)")
     return captions

@@ -17,7 +17,7 @@ import pyarrow as pa
 from mmsearch.errors import FilterError
 from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
 
-READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}  # EXPLAIN ANALYZE would run a COPY
 
 
 def _one_line(error: Exception) -> str:

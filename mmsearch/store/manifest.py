@@ -89,8 +89,8 @@ def load(index_dir: Path) -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise IndexFormatError(f"cannot read {path}: {exc}") from exc
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has format version {version}; this mmsearch reads up to {FORMAT_VERSION}, upgrade mmsearch"
         )
@@ -99,7 +99,7 @@ def load(index_dir: Path) -> Manifest:
         version = data["format_version"]
     try:
         return Manifest.from_dict(data)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path} is damaged: {exc}") from exc
 
 

@@ -14,6 +14,7 @@ ITEM_SCHEMA = pa.schema(
         ("modality", pa.string()),
         ("path", pa.string()),
         ("content_hash", pa.string()),
+        ("pieces", pa.int32()),  # vectors the file yields: fewer live rows means an interrupted add
         ("size", pa.int64()),
         ("mtime", pa.timestamp("us", tz="UTC")),
         ("format", pa.string()),

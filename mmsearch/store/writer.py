@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmsearch.errors import UserInputError
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.atomic import TMP_SUFFIX, atomic_write
 from mmsearch.store.lock import WriterLock
@@ -42,9 +43,13 @@ class ShardWriter:
         self._merged_tail = False
 
     def __enter__(self) -> ShardWriter:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserInputError(f"index path {self.dir} is a file, not a folder")
         (self.dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         self.lock.__enter__()
         try:
+            if self._initial is not None and manifest_io.exists(self.dir):
+                raise UserInputError(f"an index already exists at {self.dir}")
             self.manifest = self._initial or manifest_io.load(self.dir)
             if self._initial is not None:
                 self._publish()
