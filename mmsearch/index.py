@@ -9,11 +9,13 @@ generation changes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeVar
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +38,7 @@ from mmsearch.store.shard import SHARDS_DIR, Shard
 from mmsearch.store.writer import ShardWriter
 
 DEFAULT_SHARD_SIZE = 100_000
+T = TypeVar("T")
 
 
 def _jsonable(value: object) -> object:
@@ -371,16 +374,35 @@ class Index:
         if vector is None and not terms:
             raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
         query_vector = vector if vector is not None else self.embed_terms(terms)
-        modality = self.result_modality(terms, modality)
-        everything_matches = modality == "any" or set(self.info_counts()) <= {modality}
-        where = _combine(where, None if everything_matches else f"modality = '{modality}'")
-        include = self.catalog.ids_where(where) if where else None
-        shards = self._shard_objects(self._manifest)
-        hits = searcher.search(shards, query_vector, k, include, np.asarray(self._manifest.tombstones, dtype=np.int64))
-        if min_score is not None:
-            hits = [hit for hit in hits if hit[0] >= min_score]
-        rows = self.catalog.rows([i for _, i in hits])
-        return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
+
+        def lookup() -> list[SearchResult]:
+            returned = self.result_modality(terms, modality)
+            everything_matches = returned == "any" or set(self.info_counts()) <= {returned}
+            condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
+            include = self.catalog.ids_where(condition) if condition else None
+            shards = self._shard_objects(self._manifest)
+            tombstones = np.asarray(self._manifest.tombstones, dtype=np.int64)
+            hits = searcher.search(shards, query_vector, k, include, tombstones)
+            if min_score is not None:
+                hits = [hit for hit in hits if hit[0] >= min_score]
+            rows = self.catalog.rows([i for _, i in hits])
+            return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
+
+        return self._read(lookup)
+
+    def _read(self, operation: Callable[[], T]) -> T:
+        """Run a read over the current generation. A writer may replace shards under a
+        reader: then retry once on the new generation; otherwise a missing or damaged
+        shard file is reported as one line instead of a FAISS/DuckDB traceback."""
+        generation = self._manifest.generation
+        try:
+            return operation()
+        except (duckdb.Error, RuntimeError, OSError) as exc:
+            self.refresh()
+            if self._manifest.generation == generation:
+                reason = " ".join(str(exc).split())[:200]
+                raise IndexFormatError(f"index {self.path} is damaged ({reason}); rebuild it") from None
+        return operation()  # a writer committed meanwhile: once more, on the new generation
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
@@ -422,6 +444,9 @@ class Index:
     def info(self) -> dict:
         """Model, space, counts per modality, shards and size on disk."""
         self.refresh()
+        return self._read(self._info)
+
+    def _info(self) -> dict:
         m = self._manifest
         failures = self.catalog.table("SELECT count(*) AS n FROM failures").column("n")[0].as_py()
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -331,3 +331,21 @@ def test_creating_over_an_existing_index_is_refused_under_the_lock(index: Index)
     with pytest.raises(UserInputError, match="already exists"), ShardWriter(index.path, fresh):
         pass
     assert index.info()["vectors"] == 12
+
+
+def test_missing_shard_file_is_reported_in_one_line(index: Index) -> None:
+    from mmsearch.errors import IndexFormatError
+
+    reader = Index.open(index.path, encoder=index.encoder)
+    next((index.path / "shards").glob("*.faiss")).unlink()
+    with pytest.raises(IndexFormatError, match="is damaged") as excinfo:
+        reader.search("red", k=3)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_reader_follows_a_writer_that_replaced_its_shards(index: Index, photos: Path) -> None:
+    reader = Index.open(index.path, encoder=index.encoder)
+    assert len(reader.search("red", k=100)) == 12
+    index.compact()  # rewrites every shard file the reader had loaded
+    index.remove([photos / "nested"])
+    assert len(reader.search("red", k=100)) == 6
