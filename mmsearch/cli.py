@@ -200,6 +200,18 @@ def info(index: IndexOption = None, json_out: JsonOption = False) -> None:
 
 
 @app.command()
+def verify(index: IndexOption = None, json_out: JsonOption = False) -> None:
+    """Check every shard file against the manifest's checksums (exit 1 on a problem)."""
+    problems = _open(index).verify()
+    if json_out:
+        _print_json({"ok": not problems, "problems": problems})
+    else:
+        typer.echo("\n".join(problems) if problems else "all shard files match their checksums")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def sql(
     statement: Annotated[str, typer.Argument(help="One read-only SELECT over the views `items` and `failures`.")],
     index: IndexOption = None,

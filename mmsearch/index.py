@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError, UserInputError
+from mmsearch.hashing import file_digest
 from mmsearch.ingest import pipeline
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
 from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, walk
@@ -435,6 +436,21 @@ class Index:
             counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
             self._counts = dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist()))
         return self._counts
+
+    def verify(self) -> list[str]:
+        """Check every shard file against the checksums in the manifest; returns the problems."""
+        self.refresh()
+        problems = []
+        for shard in self._shard_objects(self._manifest):
+            for path, expected in (
+                (shard.faiss_file, shard.info.faiss_sha256),
+                (shard.parquet_file, shard.info.parquet_sha256),
+            ):
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                elif file_digest(path) != expected:
+                    problems.append(f"{path}: checksum mismatch")
+        return problems
 
     def sql(self, statement: str) -> pa.Table:
         """Run one read-only SQL statement over the views ``items`` and ``failures``."""

@@ -100,3 +100,16 @@ def test_remove_and_compact_commands(cli_index: tuple[Path, Path]) -> None:
     assert run_cli("compact", "--index", str(index)).returncode == 0
     info = json.loads(run_cli("info", "--index", str(index), "--json").stdout)
     assert (info["vectors"], info["tombstones"]) == (6, 0)
+
+
+def test_verify_detects_a_damaged_shard(cli_index: tuple[Path, Path]) -> None:
+    index, _ = cli_index
+    ok = run_cli("verify", "--index", str(index))
+    assert ok.returncode == 0 and "all shard files match" in ok.stdout
+    parquet = next((index / "shards").glob("0*.parquet"))
+    data = bytearray(parquet.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    result = run_cli("verify", "--index", str(index), "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"ok": False, "problems": [f"{parquet}: checksum mismatch"]}
