@@ -18,7 +18,6 @@ from typing import TypeVar
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError, UserInputError
 from mmsearch.hashing import file_digest
@@ -297,14 +296,12 @@ class Index:
         Read before the writer appends anything: appending may pull the last shard
         out of the manifest into the writer's buffer.
         """
-        wanted = pa.array(ids, pa.int64())
         vectors, rows = [], []
         for shard in self._shard_objects(manifest):
-            table = shard.table()
-            table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
-            if table.num_rows:
-                rows.extend(table.to_pylist())
-                vectors.append(shard.vectors(table.column("id").to_numpy()))
+            shard_vectors, shard_rows = shard.select(ids)
+            if shard_rows:
+                rows.extend(shard_rows)
+                vectors.append(shard_vectors)
         if len(rows) != len(ids):
             raise IndexFormatError(f"index {self.path} lost rows {sorted(set(ids) - {r['id'] for r in rows})}")
         return np.concatenate(vectors), rows
@@ -329,17 +326,13 @@ class Index:
         with ShardWriter(self.path, checkpoints=False) as writer:
             shards, dead = writer.detach_all()
             for shard in shards:
-                vectors, rows = shard.live(dead)
+                vectors, rows = shard.select(dead, exclude=True)
                 writer.append(vectors, rows)
             writer.commit()
         self.refresh()
         return len(dead)
 
     # -- reading -------------------------------------------------------------------------
-
-    def embed_file(self, path: str | Path) -> np.ndarray:
-        """Embed an image or audio file (all windows of a long recording, averaged)."""
-        return embed.embed_file(self.encoder, path)
 
     def embed_terms(self, terms: Sequence[Term]) -> np.ndarray:
         """The unit vector of a weighted sum of texts and files."""

@@ -6,6 +6,7 @@ means writing a new one and committing a manifest that names it instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -77,9 +78,9 @@ class Shard:
     def table(self) -> pa.Table:
         return pq.read_table(self.parquet_file)
 
-    def live(self, dead: set[int]) -> tuple[np.ndarray, list[dict]]:
-        """Vectors and metadata rows of every id not in ``dead``, aligned."""
+    def select(self, ids: Iterable[int], *, exclude: bool = False) -> tuple[np.ndarray, list[dict]]:
+        """Vectors and aligned metadata rows of this shard's ids in ``ids`` (not in them, with ``exclude``)."""
         table = self.table()
-        ids = table.column("id").to_numpy()
-        keep = ~np.isin(ids, np.fromiter(dead, dtype=np.int64, count=len(dead)))
-        return self.vectors(ids[keep]), table.filter(pa.array(keep)).to_pylist()
+        own = table.column("id").to_numpy()
+        keep = np.isin(own, np.fromiter(ids, dtype=np.int64)) != exclude
+        return self.vectors(own[keep]), table.filter(pa.array(keep)).to_pylist()

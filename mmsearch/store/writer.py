@@ -139,7 +139,7 @@ class ShardWriter:
             return
         tail = Shard(self.dir, shards.pop())
         dead = set(self.manifest.tombstones)
-        vectors, rows = tail.live(dead)
+        vectors, rows = tail.select(dead, exclude=True)
         self.manifest.tombstones = sorted(dead - set(tail.ids.tolist()))
         self._vectors.append(vectors)
         self._rows.extend(rows)
