@@ -35,6 +35,15 @@ class IndexFormatError(MMSearchError):
     """The on-disk index is damaged or written by an incompatible version."""
 
 
+class ShardDamagedError(IndexFormatError):
+    """A file the manifest names is missing or unreadable; ``mmsearch repair`` fixes it."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        reason = " ".join(reason.split())[:160]
+        super().__init__(f"shard file {path} is damaged or missing ({reason}); run `mmsearch repair` to fix the index")
+        self.path = path
+
+
 class WriterBusyError(MMSearchError):
     """Another process holds the index's single-writer lock."""
 

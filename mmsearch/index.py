@@ -2,25 +2,32 @@
 
 ``Index`` wires the boxes of the design together — discovery and planning, the
 ingest pipeline, the shard writer, the searcher and the DuckDB catalog — and owns
-no storage logic itself. Readers take no lock; they reload when the manifest's
-generation changes.
+no storage logic itself. Readers take no lock: each read uses one immutable
+snapshot of a committed generation, swapped for a newer one when the manifest
+changes, so one ``Index`` serves many threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError, UserInputError
-from mmsearch.hashing import file_digest
+from mmsearch.errors import (
+    IndexFormatError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    ShardDamagedError,
+    UserInputError,
+)
 from mmsearch.ingest import pipeline
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
 from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, walk
@@ -31,10 +38,9 @@ from mmsearch.search import embed, searcher
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
-from mmsearch.store.catalog import Catalog
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.recipes import check_recipe
-from mmsearch.store.shard import SHARDS_DIR, Shard
+from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
 
 DEFAULT_SHARD_SIZE = 100_000
@@ -69,8 +75,11 @@ class SearchResult:
 class AddSummary:
     """What an ``add`` did, in files (``vectors`` counts passages/windows too).
 
-    ``failed`` lists (path, reason) for files that could not be read; ``unsupported``
-    counts files of modalities the index's model cannot embed.
+    ``failed`` lists (path, reason) for files that could not be read this time and
+    ``previously_failed`` counts files that still fail as before; ``unsupported``
+    counts files of modalities the index's model cannot embed, ``skipped`` files of
+    types that cannot be indexed (reason -> count); ``repaired`` names damaged shards
+    that were dropped so that their files are embedded again.
     """
 
     index: str
@@ -83,6 +92,8 @@ class AddSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     previously_failed: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    repaired: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -99,10 +110,8 @@ class Index:
         self.path = Path(path)
         self.device = device
         self._encoder = encoder
-        self._manifest = manifest_io.load(self.path)
-        self._shards: dict[str, Shard] = {}
-        self._catalog: Catalog | None = None
-        self._counts: dict[str, int] | None = None
+        self._encoder_lock = threading.Lock()
+        self._snapshot = Snapshot.load(self.path)
         if encoder is not None:
             self._check_space(encoder)
 
@@ -164,15 +173,21 @@ class Index:
     @property
     def manifest(self) -> Manifest:
         """The manifest of the generation this object currently reads."""
-        return self._manifest
+        return self._snapshot.manifest
+
+    @property
+    def _manifest(self) -> Manifest:
+        return self._snapshot.manifest
 
     @property
     def encoder(self) -> Encoder:
-        """The index's encoder, loaded on first use and checked against the index's space."""
+        """The index's encoder, loaded once on first use and checked against the index's space."""
         if self._encoder is None:
-            encoder = registry.load_encoder(self._manifest.model, self.device)
-            self._check_space(encoder)
-            self._encoder = encoder
+            with self._encoder_lock:
+                if self._encoder is None:
+                    encoder = registry.load_encoder(self._manifest.model, self.device)
+                    self._check_space(encoder)
+                    self._encoder = encoder
         return self._encoder
 
     def _check_space(self, encoder: Encoder, manifest: Manifest | None = None) -> None:
@@ -186,31 +201,15 @@ class Index:
                     f"{encoder.spec!r} embeds into {actual}; use the model the index was built with"
                 )
 
-    def refresh(self) -> None:
-        """Pick up a newer generation committed by a writer."""
+    def refresh(self) -> Snapshot:
+        """Pick up a newer generation committed by a writer (a ``stat`` when there is none)."""
         if not manifest_io.exists(self.path):
             raise IndexNotFoundError(f"index {self.path} has been deleted")
-        latest = manifest_io.load(self.path)
-        if latest.generation != self._manifest.generation:
-            self._manifest = latest
-            self._catalog = None
-            self._counts = None
-
-    def _shard_objects(self, manifest: Manifest) -> list[Shard]:
-        live = {info.name: self._shards.get(info.name) or Shard(self.path, info) for info in manifest.shards}
-        self._shards = live
-        return list(live.values())
-
-    def _catalog_for(self, manifest: Manifest) -> Catalog:
-        shards = self._shard_objects(manifest)
-        failures = self.path / SHARDS_DIR / manifest.failures if manifest.failures else None
-        return Catalog([s.parquet_file for s in shards], manifest.tombstones, failures)
-
-    @property
-    def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = self._catalog_for(self._manifest)
-        return self._catalog
+        latest = Snapshot.load(self.path, self._snapshot)
+        with self._encoder_lock:
+            if latest.generation >= self._snapshot.generation:
+                self._snapshot = latest
+        return latest
 
     # -- writing -------------------------------------------------------------------------
 
@@ -222,42 +221,53 @@ class Index:
         progress: bool = False,
         text_column: str | None = None,
         id_column: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
 
         Caption tables (CSV/JSONL/Parquet) index ``text_column`` (default: a column named
         text, caption, description or title), with ``id_column`` kept as ``source_id``.
-        A file that cannot be decoded is skipped and reported in the summary (and in
-        the ``failures`` SQL view); it never stops the batch.
+        ``exclude`` takes gitignore-style patterns (``.mmsearchignore`` files are honoured
+        too); excluded files are treated as absent. A file that cannot be decoded is
+        skipped and reported in the summary (and in the ``failures`` SQL view); it never
+        stops the batch. A damaged shard found on the way is dropped and its files are
+        embedded again.
         """
         started = time.perf_counter()
         roots = check_roots(paths)
+        if workers is not None and workers < 0:
+            raise UserInputError("workers must be 0 (decode in-process) or more")
         summary = AddSummary(index=str(self.path))
         encoder = self.encoder
         options = pipeline.decode_options(encoder, text_column, id_column)
-        if workers is not None and workers < 0:
-            raise UserInputError("workers must be 0 (decode in-process) or more")
         with ShardWriter(self.path) as writer:
             self._check_space(encoder, writer.manifest)
             writer.manifest.audio_space_id = writer.manifest.audio_space_id or encoder.audio_space_id
-            catalog = self._catalog_for(writer.manifest)
+            summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
+            stored = Snapshot(self.path, writer.manifest, None)
+            catalog = stored.catalog
             known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
             old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
-            found, unreadable = [], []
-            for file in walk(roots, exclude=[str(self.path.resolve())], unreadable=unreadable):
+            found, unreadable, skipped = [], [], Counter()
+            own = [str(self.path.resolve())]
+            for file in walk(roots, exclude=own, unreadable=unreadable):  # TODOHELPER ignore=list(exclude), skipped=skipped
                 if file.modality in encoder.modalities:
                     found.append(file)
                 else:
                     summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
+            summary.skipped = dict(skipped)
             plan = make_plan(found, known, old_failures, roots, options.fingerprint(), unreadable)
             summary.seconds["discover"] = round(time.perf_counter() - started, 3)
 
-            sources = [self._shard_rows(writer.manifest, reuse.source_ids) for reuse in plan.reuse]
-            for reuse, (vectors, rows) in zip(plan.reuse, sources):
+            stored_vectors, stored_rows = _stored(stored, [i for reuse in plan.reuse for i in reuse.source_ids])
+            for reuse in plan.reuse:
+                at = [stored_rows[i] for i in reuse.source_ids]
+                rows = [dict(stored_rows[i][1]) for i in reuse.source_ids]
                 ids = writer.next_ids(len(rows))
                 for row, new_id in zip(rows, ids):
                     row.update(_file_fields(reuse.file), id=int(new_id))
+                vectors = stored_vectors[[position for position, _ in at]]
                 writer.append(vectors, rows, plan.replaces.pop(reuse.file.path, ()))
 
             files = {f.path: f for f in plan.embed}
@@ -265,8 +275,15 @@ class Index:
             def sink(vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
                 ids = writer.next_ids(len(pieces))
                 rows = [_item_row(int(i), files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
-                replaced = [old for path in {d.path for d, _ in pieces} for old in plan.replaces.pop(path, ())]
-                writer.append(vectors, rows, replaced)
+                start = 0
+                for end in range(1, len(pieces) + 1):
+                    decoded, piece = pieces[end - 1]
+                    if end < len(pieces) and pieces[end][0] is decoded:
+                        continue
+                    last = piece is decoded.pieces[-1]
+                    replaced = plan.replaces.pop(decoded.path, ()) if last else ()
+                    writer.append(vectors[start:end], rows[start:end], replaced, group=decoded.path, last=last)
+                    start = end
 
             result = pipeline.run(plan.embed, encoder, sink, options, workers, progress)
             writer.tombstone(plan.gone)
@@ -290,27 +307,11 @@ class Index:
         self.refresh()
         return summary
 
-    def _shard_rows(self, manifest: Manifest, ids: list[int]) -> tuple[np.ndarray, list[dict]]:
-        """Stored vectors and aligned metadata rows of ``ids``, wherever they live.
-
-        Read before the writer appends anything: appending may pull the last shard
-        out of the manifest into the writer's buffer.
-        """
-        vectors, rows = [], []
-        for shard in self._shard_objects(manifest):
-            shard_vectors, shard_rows = shard.select(ids)
-            if shard_rows:
-                rows.extend(shard_rows)
-                vectors.append(shard_vectors)
-        if len(rows) != len(ids):
-            raise IndexFormatError(f"index {self.path} lost rows {sorted(set(ids) - {r['id'] for r in rows})}")
-        return np.concatenate(vectors), rows
-
     def remove(self, paths: Sequence[str | Path]) -> int:
         """Remove every indexed item at or under ``paths`` (which may no longer exist)."""
         targets = [absolute(p) for p in paths]
         with ShardWriter(self.path) as writer:
-            catalog = self._catalog_for(writer.manifest)
+            catalog = Snapshot(self.path, writer.manifest, None).catalog
             ids = catalog.ids_under(targets)
             failures, dropped = catalog.failures_outside(targets)
             if not len(ids) and not dropped:
@@ -320,6 +321,19 @@ class Index:
             writer.commit()
         self.refresh()
         return len(ids)
+
+    def repair(self) -> list[str]:
+        """Verify every shard file against its checksum and drop the damaged shards.
+
+        Their items disappear from the index until the next ``add`` of their folders
+        embeds the files again. Returns what was dropped (empty when all was well).
+        """
+        with ShardWriter(self.path) as writer:
+            dropped = writer.drop_damaged(checksums=True)
+            if dropped:
+                writer.commit()
+        self.refresh()
+        return [f"{problem}: {rows} items dropped; index their folders again" for problem, rows in dropped]
 
     def compact(self) -> int:
         """Rewrite all shards without tombstoned rows; returns how many rows were dropped."""
@@ -359,60 +373,55 @@ class Index:
         by default images for text and image queries, audio for audio queries (or any
         modality when the index holds none of the preferred one). ``where`` is a SQL
         boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
-        so an empty list means nothing relevant.
+        so an empty list means nothing relevant. ``k`` larger than the index returns
+        everything. Safe to call from many threads at once.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
-        self.refresh()
         terms = embed.query_terms(text, image, audio, query)
         if vector is None and not terms:
             raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
+        embed.check_files(terms)
+        returned = self.result_modality(terms, modality)
+        if where:
+            self._read(lambda snap: snap.catalog.ids_where(where))  # a bad filter fails before the model loads
         query_vector = vector if vector is not None else self.embed_terms(terms)
+        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        if query_vector.shape != (self._manifest.dim,):
+            raise UserInputError(f"query vector has {query_vector.size} dimensions; the index has {self._manifest.dim}")
 
-        def lookup() -> list[SearchResult]:
-            returned = self.result_modality(terms, modality)
-            everything_matches = returned == "any" or set(self.info_counts()) <= {returned}
+        def lookup(snap: Snapshot) -> list[SearchResult]:
+            everything_matches = returned == "any" or set(snap.counts()) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            include = self.catalog.ids_where(condition) if condition else None
-            shards = self._shard_objects(self._manifest)
-            tombstones = np.asarray(self._manifest.tombstones, dtype=np.int64)
-            hits = searcher.search(shards, query_vector, k, include, tombstones)
+            include = snap.catalog.ids_where(condition) if condition else None
+            top = min(k, len(snap.catalog))
+            hits = searcher.search(snap.shards, query_vector, top, include, snap.tombstones)
             if min_score is not None:
                 hits = [hit for hit in hits if hit[0] >= min_score]
-            rows = self.catalog.rows([i for _, i in hits])
+            rows = snap.catalog.rows([i for _, i in hits])
             return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
 
         return self._read(lookup)
 
-    def _read(self, operation: Callable[[], T]) -> T:
-        """Run a read over the current generation. A writer may replace shards under a
-        reader: then retry once on the new generation; otherwise a missing or damaged
-        shard file is reported as one line instead of a FAISS/DuckDB traceback."""
-        generation = self._manifest.generation
+    def _read(self, operation: Callable[[Snapshot], T]) -> T:
+        """Run a read on the latest snapshot. If a file it needs is gone or damaged and a
+        writer committed meanwhile, run it again on the new generation; otherwise the
+        damage is reported in one line (a user's bad filter is never taken for damage)."""
+        snap = self.refresh()
         try:
-            return operation()
-        except (duckdb.Error, RuntimeError, OSError) as exc:
-            self.refresh()
-            if self._manifest.generation == generation:
+            return operation(snap)
+        except (ShardDamagedError, OSError, RuntimeError) as exc:
+            latest = self.refresh()
+            if latest.generation == snap.generation:
+                if isinstance(exc, ShardDamagedError):
+                    raise
                 reason = " ".join(str(exc).split())[:200]
-                raise IndexFormatError(f"index {self.path} is damaged ({reason}); rebuild it") from None
-        return operation()  # a writer committed meanwhile: once more, on the new generation
+                raise IndexFormatError(f"index {self.path} cannot be read ({reason}); run `mmsearch repair`") from None
+            return operation(latest)
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
-        self.refresh()
-        wanted = np.asarray(ids, dtype=np.int64)
-        out = np.zeros((len(wanted), self._manifest.dim), dtype=np.float32)
-        found = np.zeros(len(wanted), dtype=bool)
-        for shard in self._shard_objects(self._manifest):
-            mask = np.isin(wanted, shard.ids) & ~found
-            if mask.any():
-                out[mask] = shard.vectors(wanted[mask])
-                found |= mask
-        dead = np.isin(wanted, np.asarray(self._manifest.tombstones, dtype=np.int64))
-        if not found.all() or dead.any():
-            raise UserInputError(f"no live item with id {int(wanted[~found | dead][0])}")
-        return out
+        return self._read(lambda snap: _live_vectors(snap, np.asarray(ids, dtype=np.int64)))
 
     def result_modality(self, terms: Sequence[Term], modality: str | None = None) -> str:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
@@ -425,40 +434,28 @@ class Index:
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""
-        if self._counts is None:
-            counts = self.catalog.table("SELECT modality, count(*) AS n FROM items GROUP BY 1 ORDER BY 1")
-            self._counts = dict(zip(counts.column("modality").to_pylist(), counts.column("n").to_pylist()))
-        return self._counts
+        return self._read(lambda snap: snap.counts())
 
     def verify(self) -> list[str]:
         """Check every shard file against the checksums in the manifest; returns the problems."""
-        self.refresh()
-        problems = []
-        for shard in self._shard_objects(self._manifest):
-            for path, expected in (
-                (shard.faiss_file, shard.info.faiss_sha256),
-                (shard.parquet_file, shard.info.parquet_sha256),
-            ):
-                if not path.is_file():
-                    problems.append(f"{path}: missing")
-                elif file_digest(path) != expected:
-                    problems.append(f"{path}: checksum mismatch")
-        return problems
+        snap = self.refresh()
+        return [problem for shard in snap.shards if (problem := shard.problem(checksums=True))]
 
     def sql(self, statement: str) -> pa.Table:
-        """Run one read-only SQL statement over the views ``items`` and ``failures``."""
-        self.refresh()
-        return self.catalog.query(statement)
+        """Run one read-only SQL statement over the views ``items`` and ``failures``.
+
+        The statement runs sandboxed: it sees only this index's metadata, never files,
+        URLs or extensions.
+        """
+        return self._read(lambda snap: snap.catalog.query(statement))
 
     def info(self) -> dict:
         """Model, space, counts per modality, shards and size on disk."""
-        self.refresh()
         return self._read(self._info)
 
-    def _info(self) -> dict:
-        m = self._manifest
-        failures = self.catalog.table("SELECT count(*) AS n FROM failures").column("n")[0].as_py()
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+    def _info(self, snap: Snapshot) -> dict:
+        m = snap.manifest
+        size = sum(f.stat().st_size for shard in snap.shards for f in (shard.faiss_file, shard.parquet_file))
         return {
             "index": str(self.path),
             "model": m.model,
@@ -468,17 +465,51 @@ class Index:
             "metric": m.metric,
             "recipe": m.recipe,
             "shard_size": m.shard_size,
-            "vectors": m.live_rows,
-            "by_modality": self.info_counts(),
+            "vectors": len(snap.catalog),
+            "by_modality": snap.counts(),
             "shards": len(m.shards),
             "tombstones": len(m.tombstones),
-            "failures": failures,
+            "failures": snap.catalog.failures.num_rows,
             "size_bytes": size,
             "generation": m.generation,
             "format_version": m.format_version,
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
+
+
+def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(wanted), snap.manifest.dim), dtype=np.float32)
+    found = np.zeros(len(wanted), dtype=bool)
+    for shard in snap.shards:
+        mask = np.isin(wanted, shard.ids) & ~found
+        if mask.any():
+            out[mask] = shard.vectors(wanted[mask])
+            found |= mask
+    missing = ~found | np.isin(wanted, snap.tombstones)
+    if missing.any():
+        raise UserInputError(f"no live item with id {int(wanted[missing][0])}")
+    return out
+
+
+def _stored(snap: Snapshot, ids: list[int]) -> tuple[np.ndarray, dict[int, tuple[int, dict]]]:
+    """Stored vectors of ``ids`` and, per id, (its row in those vectors, its metadata).
+
+    Read before the writer appends anything: appending may pull the last shard
+    out of the manifest into the writer's buffer.
+    """
+    if not ids:
+        return np.empty((0, snap.manifest.dim), np.float32), {}
+    wanted = set(ids)
+    vectors, rows = [], []
+    for shard in snap.shards:
+        shard_vectors, shard_rows = shard.select(wanted)
+        if shard_rows:
+            rows.extend(shard_rows)
+            vectors.append(shard_vectors)
+    if len(rows) != len(wanted):
+        raise IndexFormatError(f"index {snap.dir} lost rows {sorted(wanted - {r['id'] for r in rows})}")
+    return np.concatenate(vectors), {row["id"]: (position, row) for position, row in enumerate(rows)}
 
 
 def _combine(*conditions: str | None) -> str | None:

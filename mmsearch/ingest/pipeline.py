@@ -3,15 +3,18 @@
 Decoding runs in ``spawn``-ed worker processes (safe next to torch threads and
 CUDA) that import only Pillow, NumPy and the audio/table readers; the main process
 groups decoded pieces per modality, encodes full batches and hands vectors to the
-sink while workers keep decoding ahead.
+sink while workers keep decoding ahead. Workers never import the caller's main
+script, so library users need no ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -71,8 +74,27 @@ def _decoded(files: Sequence[FoundFile], options: DecodeOptions, workers: int) -
         yield from map(work, jobs)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
+    with _main_script_hidden():
+        pool = context.Pool(workers)
+    with pool:
         yield from pool.imap(work, jobs, chunksize=4)
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start workers without the caller's ``__main__``.
+
+    ``spawn`` re-imports the parent's main script in every worker so that pickled
+    functions from it resolve; an unguarded script would then run its top level
+    again (and again, as the pool restarts workers). Our jobs reference mmsearch
+    functions only, so workers are started while ``__main__`` is a bare module.
+    """
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
 
 
 def _decode_job(job: tuple[str, str], options: DecodeOptions) -> Decoded:
@@ -110,9 +132,9 @@ def run(
     with bar:
         for decoded in _decoded(files, options, workers):
             result.times.decode += decoded.seconds
-            bar.update(1)
             if decoded.error is not None:
                 result.failures.append(decoded)
+                bar.update(1)
                 continue
             result.embedded_files += 1
             modality = MODALITY_OF_DECODER[decoded.decoder]
@@ -120,6 +142,10 @@ def run(
                 batches[modality].append((decoded, piece))
                 if len(batches[modality]) >= encoder.batch_size:
                     flush(modality)
+                    bar.set_postfix(vectors=result.vectors, refresh=False)
+                    bar.update(0)
+            bar.update(1)
         for modality in list(batches):
             flush(modality)
+        bar.set_postfix(vectors=result.vectors)
     return result

@@ -31,6 +31,13 @@ def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
     return l2_normalise(vectors.mean(axis=0, keepdims=True))[0]
 
 
+def check_files(terms: Sequence[Term]) -> None:
+    """Fail on a missing query file before any model is loaded."""
+    for term in terms:
+        if term.modality != "text" and not Path(term.value).expanduser().is_file():
+            raise UserInputError(f"query file not found: {term.value}")
+
+
 def embed_terms(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
     """Unit vector of the weighted sum of the terms' embeddings."""
     texts = [t for t in terms if t.modality == "text"]

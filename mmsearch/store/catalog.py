@@ -1,30 +1,42 @@
-"""SQL over an index's metadata with DuckDB.
+"""SQL over one generation's metadata with DuckDB, sandboxed and safe across threads.
 
-The view ``items`` holds every live row (all shards' Parquet files minus tombstoned
-ids) and ``failures`` every file that could not be ingested. User SQL is accepted
-only as a single read-only statement.
+The engine reads its own Parquet files into Arrow tables first; DuckDB then only
+sees those in-memory tables, on connections whose external access, extension
+loading and configuration are switched off and locked before any user text runs.
+So ``read_text('/etc/passwd')``, ``glob``, URLs or ``INSTALL`` are refused, yet the
+views ``items`` (live rows) and ``failures`` work. Each thread gets its own locked
+connection over the same immutable Arrow tables, so concurrent readers never share
+a DuckDB connection. Rows are fetched by id through a sorted id array: O(k log n)
+per query, no scan.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from pathlib import Path
+from functools import lru_cache
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from mmsearch.errors import FilterError
-from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
+from mmsearch.store.schema import FAILURE_SCHEMA
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}  # EXPLAIN ANALYZE would run a COPY
+SANDBOX = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET lock_configuration = true",
+)
+FILTER_CACHE_SIZE = 32
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
     """DuckDB errors span lines (with a caret diagram); keep the explanation only."""
-    lines = [line.strip() for line in str(error).splitlines()]
     kept = []
-    for line in lines:
+    for line in (line.strip() for line in str(error).splitlines()):
         if line.startswith("LINE "):
             break
         if line:
@@ -33,60 +45,69 @@ def _one_line(error: Exception) -> str:
 
 
 class Catalog:
-    """An in-memory DuckDB connection with views over one manifest generation."""
+    """The live items and the failures of one generation, queryable with SQL."""
 
-    def __init__(self, parquet_files: Sequence[Path], tombstones: Sequence[int], failures_file: Path | None) -> None:
-        self.con = duckdb.connect()
-        self.con.register("_tombstones", pa.table({"id": pa.array(list(tombstones), pa.int64())}))
-        self._view("_all_items", parquet_files, ITEM_SCHEMA)
-        self.con.execute("CREATE VIEW items AS SELECT * FROM _all_items WHERE id NOT IN (SELECT id FROM _tombstones)")
-        self._view("failures", [failures_file] if failures_file else [], FAILURE_SCHEMA)
+    def __init__(self, items: pa.Table, failures: pa.Table | None = None) -> None:
+        """``items``: every live row (tombstones already removed); ``failures``: failed files."""
+        self.items = items
+        self.failures = failures if failures is not None else FAILURE_SCHEMA.empty_table()
+        ids = items.column("id").to_numpy().astype(np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._order]
+        self._local = threading.local()
+        self.ids_where = lru_cache(maxsize=FILTER_CACHE_SIZE)(self._ids_where)
 
-    def _view(self, name: str, files: Sequence[Path], schema: pa.Schema) -> None:
-        if files:
-            listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
-        else:
-            self.con.register(f"_{name}_empty", schema.empty_table())
-            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This thread's sandboxed connection (created on first use)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = duckdb.connect()
+            con.register("items", self.items)
+            con.register("failures", self.failures)
+            for statement in SANDBOX:
+                con.execute(statement)
+            self._local.con = con
+        return con
 
-    def ids_where(self, where: str) -> np.ndarray:
-        """Ids of live items matching a SQL boolean expression over ``items``.
+    def __len__(self) -> int:
+        return self.items.num_rows
+
+    def _ids_where(self, where: str) -> np.ndarray:
+        """Ids of live items matching a SQL boolean expression over ``items`` (cached).
 
         DuckDB parses ``where`` as one expression, so it cannot smuggle in a statement.
         """
         try:
             table = self.con.table("items").filter(where).project("id").to_arrow_table()
         except duckdb.Error as exc:
-            raise FilterError(f"invalid --where filter: {_one_line(exc)}") from None
-        return table.column("id").to_numpy().astype(np.int64)
+            raise FilterError(f"invalid --where filter: {one_line(exc)}") from None
+        ids = table.column("id").to_numpy().astype(np.int64)
+        ids.setflags(write=False)
+        return ids
+
+    def positions(self, ids: Sequence[int]) -> np.ndarray:
+        """Row numbers in ``items`` of live ``ids`` (unknown ids are left out)."""
+        wanted = np.asarray(ids, dtype=np.int64)
+        at = np.searchsorted(self._sorted_ids, wanted)
+        at = np.minimum(at, max(len(self._sorted_ids) - 1, 0))
+        found = self._sorted_ids[at] == wanted if len(self._sorted_ids) else np.zeros(len(wanted), bool)
+        return self._order[at[found]]
 
     def rows(self, ids: Sequence[int]) -> dict[int, dict]:
-        """Metadata rows keyed by id."""
-        table = self.con.sql(
-            "SELECT * FROM items WHERE list_contains($ids, id)", params={"ids": list(map(int, ids))}
-        ).to_arrow_table()
-        return {row["id"]: row for row in table.to_pylist()}
-
-    def _under(self, paths: Sequence[str]) -> tuple[str, dict[str, str]]:
-        """A SQL condition (and its parameters) for rows at or below any of ``paths``."""
-        params = {f"p{i}": path.rstrip("/") for i, path in enumerate(paths)}
-        condition = " OR ".join(f"path = ${name} OR starts_with(path, ${name} || '/')" for name in params)
-        return f"({condition})", params
+        """Metadata rows keyed by id, read by position (no scan)."""
+        taken = self.items.take(pa.array(self.positions(ids), pa.int64()))
+        return {row["id"]: row for row in taken.to_pylist()}
 
     def ids_under(self, paths: Sequence[str]) -> np.ndarray:
         """Ids of live items at or below ``paths``."""
-        condition, params = self._under(paths)
-        table = self.con.sql(f"SELECT id FROM items WHERE {condition}", params=params).to_arrow_table()
-        return table.column("id").to_numpy().astype(np.int64)
+        mask = _under(self.items.column("path"), paths)
+        return self.items.column("id").to_numpy()[mask].astype(np.int64)
 
     def failures_outside(self, paths: Sequence[str]) -> tuple[list[dict], int]:
         """Failure rows not below ``paths``, and how many rows were left out."""
-        condition, params = self._under(paths)
-        kept = self.con.sql(f"SELECT * FROM failures WHERE NOT {condition}", params=params).fetchall()
-        total = self.con.sql("SELECT count(*) FROM failures").fetchall()[0][0]
-        columns = FAILURE_SCHEMA.names
-        return [dict(zip(columns, row)) for row in kept], total - len(kept)
+        mask = _under(self.failures.column("path"), paths)
+        return self.failures.filter(pa.array(~mask)).to_pylist(), int(mask.sum())
 
     def query(self, statement: str) -> pa.Table:
         """Run one read-only SQL statement over ``items`` and ``failures``."""
@@ -96,8 +117,20 @@ class Catalog:
                 raise FilterError("invalid SQL: only a single read-only SELECT statement is allowed")
             return self.con.sql(statement).to_arrow_table()
         except duckdb.Error as exc:
-            raise FilterError(f"invalid SQL: {_one_line(exc)}") from None
+            raise FilterError(f"invalid SQL: {one_line(exc)}") from None
 
     def table(self, statement: str) -> pa.Table:
         """Run trusted internal SQL."""
         return self.con.sql(statement).to_arrow_table()
+
+
+def _under(paths: pa.ChunkedArray, roots: Sequence[str]) -> np.ndarray:
+    """Boolean mask of ``paths`` equal to or below any of ``roots``."""
+    import pyarrow.compute as pc
+
+    mask = np.zeros(len(paths), dtype=bool)
+    for root in roots:
+        root = root.rstrip("/") or "/"
+        hit = pc.or_(pc.equal(paths, root), pc.starts_with(paths, root.rstrip("/") + "/"))
+        mask |= hit.to_numpy(zero_copy_only=False)
+    return mask

@@ -30,6 +30,8 @@ class ShardInfo:
     recipe: str
     faiss_sha256: str
     parquet_sha256: str
+    faiss_bytes: int | None = None  # None in indexes written before sizes were recorded
+    parquet_bytes: int | None = None
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     tombstones: list[int] = field(default_factory=list)
     failures: str | None = None
+    retired: dict[str, float] = field(default_factory=dict)  # file name -> when a commit stopped naming it
     next_id: int = 0
     next_shard: int = 1
     generation: int = 0

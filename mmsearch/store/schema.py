@@ -29,6 +29,7 @@ ITEM_SCHEMA = pa.schema(
         ("row", pa.int64()),
         ("source_id", pa.string()),
         ("extra", pa.string()),
+        ("notes", pa.string()),  # decoder warnings worth keeping (e.g. corrupt EXIF), not printed
     ]
 )
 
@@ -42,6 +43,17 @@ FAILURE_SCHEMA = pa.schema(
         ("options", pa.string()),
     ]
 )
+
+
+def conform_items(table: pa.Table) -> pa.Table:
+    """A stored items table in the current schema: columns added since it was written are null."""
+    if table.schema.equals(ITEM_SCHEMA):
+        return table
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in ITEM_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=ITEM_SCHEMA)
 
 
 def items_table(rows: list[dict]) -> pa.Table:

@@ -6,8 +6,8 @@ means writing a new one and committing a manifest that names it instead.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -15,10 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmsearch.errors import ShardDamagedError
 from mmsearch.hashing import file_digest
 from mmsearch.store import recipes
 from mmsearch.store.atomic import atomic_write
 from mmsearch.store.manifest import ShardInfo
+from mmsearch.store.schema import conform_items
 
 SHARDS_DIR = "shards"
 
@@ -43,24 +45,57 @@ def seal(index_dir: Path, name: str, recipe: str, vectors: np.ndarray, table: pa
     fpath, ppath = faiss_path(index_dir, name), parquet_path(index_dir, name)
     atomic_write(fpath, lambda tmp: faiss.write_index(index, str(tmp)))
     atomic_write(ppath, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-    return ShardInfo(name, len(table), concrete, file_digest(fpath), file_digest(ppath))
+    return ShardInfo(
+        name,
+        len(table),
+        concrete,
+        file_digest(fpath),
+        file_digest(ppath),
+        fpath.stat().st_size,
+        ppath.stat().st_size,
+    )
 
 
 class Shard:
-    """Read access to one sealed shard; the FAISS file is loaded on first use."""
+    """Read access to one sealed shard; the FAISS file is loaded on first use.
+
+    Safe to share between threads: loading happens once under a lock, and FAISS CPU
+    searches on a loaded index are read-only. A missing or unreadable file raises
+    :class:`ShardDamagedError`, never a FAISS/Arrow error.
+    """
 
     def __init__(self, index_dir: Path, info: ShardInfo) -> None:
         self.info = info
         self.faiss_file = faiss_path(index_dir, info.name)
         self.parquet_file = parquet_path(index_dir, info.name)
+        self._lock = threading.Lock()
+        self._index: faiss.IndexIDMap2 | None = None
+        self._ids: np.ndarray | None = None
 
-    @cached_property
+    @property
     def index(self) -> faiss.IndexIDMap2:
-        return faiss.read_index(str(self.faiss_file))
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    self._index = self._read_faiss()
+        return self._index
 
-    @cached_property
+    def _read_faiss(self) -> faiss.IndexIDMap2:
+        try:
+            index = faiss.read_index(str(self.faiss_file))
+        except RuntimeError as exc:
+            raise ShardDamagedError(self.faiss_file, str(exc).strip().splitlines()[-1]) from None
+        if index.ntotal != self.info.rows or not hasattr(index, "id_map"):
+            raise ShardDamagedError(
+                self.faiss_file, f"holds {index.ntotal} vectors, the manifest says {self.info.rows}"
+            )
+        return index
+
+    @property
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if self._ids is None:
+            self._ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return self._ids
 
     def search(
         self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None
@@ -76,7 +111,38 @@ class Shard:
         return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
     def table(self) -> pa.Table:
-        return pq.read_table(self.parquet_file)
+        """The shard's metadata in the current items schema."""
+        try:
+            table = pq.read_table(self.parquet_file)
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardDamagedError(self.parquet_file, str(exc)) from None
+        if table.num_rows != self.info.rows:
+            raise ShardDamagedError(
+                self.parquet_file, f"holds {table.num_rows} rows, the manifest says {self.info.rows}"
+            )
+        return conform_items(table)
+
+    def problem(self, *, checksums: bool = False) -> str | None:
+        """Why this shard is unusable, or ``None``. Cheap by default (presence, sizes,
+        Parquet footer); ``checksums`` hashes both files."""
+        expected = (
+            (self.faiss_file, self.info.faiss_bytes, self.info.faiss_sha256),
+            (self.parquet_file, self.info.parquet_bytes, self.info.parquet_sha256),
+        )
+        for path, size, digest in expected:
+            if not path.is_file():
+                return f"{path}: missing"
+            if size is not None and path.stat().st_size != size:
+                return f"{path}: size {path.stat().st_size} bytes, the manifest says {size}"
+            if checksums and file_digest(path) != digest:
+                return f"{path}: checksum mismatch"
+        try:
+            rows = pq.read_metadata(self.parquet_file).num_rows
+        except (OSError, pa.ArrowException) as exc:
+            return f"{self.parquet_file}: unreadable ({' '.join(str(exc).split())[:120]})"
+        if rows != self.info.rows:
+            return f"{self.parquet_file}: holds {rows} rows, the manifest says {self.info.rows}"
+        return None
 
     def select(self, ids: Iterable[int], *, exclude: bool = False) -> tuple[np.ndarray, list[dict]]:
         """Vectors and aligned metadata rows of this shard's ids in ``ids`` (not in them, with ``exclude``)."""

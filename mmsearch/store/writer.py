@@ -4,11 +4,22 @@ Rows accumulate until a shard is full, then the shard is sealed and the manifest
 committed, so a long ingest checkpoints as it goes and a crash loses at most one
 unsealed shard (re-running ``index`` resumes). A partly filled last shard is
 merged into the next shard written, keeping the shard count low.
+
+Visibility is per group (a file's rows): a group's rows, and the tombstones of the
+rows they replace, become visible together in the first commit where every row of
+the group is sealed. Until then its sealed rows are hidden and the old version
+stays visible, so at every committed generation a file is present exactly once.
+
+Files a commit stops naming are retired, not deleted: a reader that opened the
+previous generation may still read them. They are deleted by a later writer once
+``RETIRE_GRACE_S`` has passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +33,16 @@ from mmsearch.store.lock import WriterLock
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import FAILURE_SCHEMA, items_table
 from mmsearch.store.shard import SHARDS_DIR, Shard, seal, shard_name
+
+RETIRE_GRACE_S = 600.0
+
+
+@dataclass
+class _Group:
+    """Rows that become visible together, with the ids they supersede."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    replaces: list[int] = field(default_factory=list)
 
 
 class ShardWriter:
@@ -39,7 +60,13 @@ class ShardWriter:
         self.manifest: Manifest
         self._vectors: list[np.ndarray] = []
         self._rows: list[dict] = []
-        self._pending_tombstones: list[int] = []
+        self._open_groups: dict[Hashable, _Group] = {}
+        self._closed_groups: list[_Group] = []
+        self._sealed_ids: list[np.ndarray] = []
+        self._visible: list[np.ndarray] = []
+        self._superseded: set[int] = set()
+        self._committed_names: set[str] = set()
+        self._base_tombstones: set[int] | None = None
         self._merged_tail = False
 
     def __enter__(self) -> ShardWriter:
@@ -51,6 +78,7 @@ class ShardWriter:
             if self._initial is not None and manifest_io.exists(self.dir):
                 raise UserInputError(f"an index already exists at {self.dir}")
             self.manifest = self._initial or manifest_io.load(self.dir)
+            self._committed_names = set() if self._initial else _named_files(self.manifest)
             if self._initial is not None:
                 self._publish()
             self.sweep()
@@ -72,22 +100,61 @@ class ShardWriter:
         self.manifest.next_id += count
         return np.arange(start, start + count, dtype=np.int64)
 
-    def append(self, vectors: np.ndarray, rows: list[dict], replaces: Iterable[int] = ()) -> None:
-        """Add rows (ids already set); ``replaces`` are tombstoned in the same commit."""
-        if not rows:
-            return
+    def append(
+        self,
+        vectors: np.ndarray,
+        rows: list[dict],
+        replaces: Iterable[int] = (),
+        *,
+        group: Hashable | None = None,
+        last: bool = True,
+    ) -> None:
+        """Add rows (ids already set) that supersede the ids in ``replaces``.
+
+        Rows of one ``group`` (e.g. a file's passages) may come in several calls; the
+        group is complete with the call where ``last`` is true, and becomes visible,
+        replacing what it supersedes, once all its rows are sealed.
+        """
         self._merge_tail()
-        self._vectors.append(np.asarray(vectors, dtype=np.float32))
-        self._rows.extend(rows)
-        self._pending_tombstones.extend(replaces)
+        self._stage(vectors, rows, replaces, group, last)
         while self.buffered >= self.manifest.shard_size:
             self._seal(self.manifest.shard_size)
             if self.checkpoints:
                 self._publish()
 
+    def _stage(
+        self, vectors: np.ndarray, rows: list[dict], replaces: Iterable[int], group: Hashable | None, last: bool
+    ) -> None:
+        key = object() if group is None else group
+        pending = self._open_groups.setdefault(key, _Group())
+        pending.replaces.extend(replaces)
+        if rows:
+            self._vectors.append(np.asarray(vectors, dtype=np.float32))
+            self._rows.extend(rows)
+            pending.ids.append(np.fromiter((row["id"] for row in rows), dtype=np.int64, count=len(rows)))
+        if last:
+            self._closed_groups.append(self._open_groups.pop(key))
+
     def tombstone(self, ids: Iterable[int]) -> None:
         """Hide ids from searches from the next commit on."""
-        self._pending_tombstones.extend(ids)
+        self._stage(np.empty((0, self.manifest.dim), np.float32), [], ids, None, True)
+
+    def drop_damaged(self, *, checksums: bool = False) -> list[tuple[str, int]]:
+        """Take unusable shards out of the manifest (committed at the next publish).
+
+        Their items are no longer known, so the next ``add`` embeds their files again.
+        Returns (problem, rows lost) per dropped shard.
+        """
+        dropped = []
+        for info in list(self.manifest.shards):
+            problem = Shard(self.dir, info).problem(checksums=checksums)
+            if problem is not None:
+                self.manifest.shards.remove(info)
+                dropped.append((problem, info.rows))
+        if self.manifest.failures and not (self.dir / SHARDS_DIR / self.manifest.failures).is_file():
+            self.manifest.failures = None
+            dropped.append(("failure table missing", 0))
+        return dropped
 
     def set_failures(self, rows: list[dict]) -> None:
         """Replace the failure table with ``rows`` at the next commit."""
@@ -104,6 +171,7 @@ class ShardWriter:
         shards = [Shard(self.dir, info) for info in self.manifest.shards]
         dead = set(self.manifest.tombstones)
         self.manifest.shards, self.manifest.tombstones = [], []
+        self._base_tombstones = set()
         self._merged_tail = True
         return shards, dead
 
@@ -114,18 +182,33 @@ class ShardWriter:
         self._publish()
 
     def _publish(self) -> None:
-        """Replace the manifest (valid only when no merged tail rows are unsealed)."""
-        self.manifest.tombstones = sorted(set(self.manifest.tombstones) | set(self._pending_tombstones))
-        self._pending_tombstones = []
+        """Replace the manifest: complete, sealed groups become visible, the rest stays hidden."""
+        if self._base_tombstones is None:
+            self._base_tombstones = set(self.manifest.tombstones)
+        sealed = np.concatenate(self._sealed_ids) if self._sealed_ids else np.empty(0, np.int64)
+        group_ids = [np.concatenate(g.ids) if g.ids else np.empty(0, np.int64) for g in self._closed_groups]
+        owner = np.repeat(np.arange(len(group_ids)), [len(ids) for ids in group_ids])
+        unsealed = set(owner[~np.isin(np.concatenate([np.empty(0, np.int64), *group_ids]), sealed)].tolist())
+        for number, done in enumerate(self._closed_groups):
+            if number not in unsealed:
+                self._visible.append(group_ids[number])
+                self._superseded.update(done.replaces)
+        self._closed_groups = [g for number, g in enumerate(self._closed_groups) if number in unsealed]
+        hidden = sealed[~np.isin(sealed, np.concatenate([np.empty(0, np.int64), *self._visible]))]
+        self.manifest.tombstones = sorted(self._base_tombstones | self._superseded | set(hidden.tolist()))
+        self._retire()
         manifest_io.commit(self.dir, self.manifest)
+        self._committed_names = _named_files(self.manifest)
         self.sweep()
 
     def _seal(self, count: int) -> None:
         vectors = np.concatenate(self._vectors)
         name = shard_name(self.manifest.next_shard)
         self.manifest.next_shard += 1
-        info = seal(self.dir, name, self.manifest.recipe, vectors[:count], items_table(self._rows[:count]))
+        table = items_table(self._rows[:count])
+        info = seal(self.dir, name, self.manifest.recipe, vectors[:count], table)
         self.manifest.shards.append(info)
+        self._sealed_ids.append(table.column("id").to_numpy().astype(np.int64))
         self._vectors = [vectors[count:]] if count < len(vectors) else []
         self._rows = self._rows[count:]
 
@@ -141,15 +224,34 @@ class ShardWriter:
         dead = set(self.manifest.tombstones)
         vectors, rows = tail.select(dead, exclude=True)
         self.manifest.tombstones = sorted(dead - set(tail.ids.tolist()))
-        self._vectors.append(vectors)
-        self._rows.extend(rows)
+        self._base_tombstones = set(self.manifest.tombstones)
+        self._stage(vectors, rows, (), None, True)
+
+    def _retire(self) -> None:
+        """Record files the last committed generation named and this one does not."""
+        now = time.time()
+        still_named = _named_files(self.manifest)
+        for name in self._committed_names - still_named:
+            self.manifest.retired.setdefault(name, now)
+        for name in still_named:
+            self.manifest.retired.pop(name, None)
 
     def sweep(self) -> None:
-        """Delete files the manifest does not name: crash leftovers and replaced shards."""
+        """Delete crash leftovers, and retired files once no reader can still use them."""
         folder = self.dir / SHARDS_DIR
-        named = {self.manifest.failures} if self.manifest.failures else set()
-        for info in self.manifest.shards:
-            named.update({f"{info.name}.faiss", f"{info.name}.parquet"})
+        named = _named_files(self.manifest)
+        expired = {name for name, since in self.manifest.retired.items() if time.time() - since > RETIRE_GRACE_S}
         for path in folder.iterdir():
-            if path.name not in named or path.name.endswith(TMP_SUFFIX):
+            retired = path.name in self.manifest.retired
+            if path.name.endswith(TMP_SUFFIX) or (path.name not in named and (not retired or path.name in expired)):
                 path.unlink(missing_ok=True)
+        for name in expired:
+            self.manifest.retired.pop(name, None)
+
+
+def _named_files(manifest: Manifest) -> set[str]:
+    """The file names (inside ``shards/``) a manifest refers to."""
+    named = {manifest.failures} if manifest.failures else set()
+    for info in manifest.shards:
+        named.update({f"{info.name}.faiss", f"{info.name}.parquet"})
+    return named

@@ -1,0 +1,99 @@
+"""A snapshot: one committed generation, as the immutable state every read uses.
+
+A reader takes the current snapshot once and uses only it, so a concurrent commit
+never mixes two generations inside one query; a newer snapshot replaces the old
+one atomically. Whether a newer generation exists is a ``stat`` of the manifest,
+not a JSON parse. Shards unchanged between generations are shared, so their loaded
+FAISS indexes survive a refresh.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmsearch.errors import ShardDamagedError
+from mmsearch.store import manifest as manifest_io
+from mmsearch.store.catalog import Catalog
+from mmsearch.store.manifest import Manifest
+from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
+from mmsearch.store.shard import SHARDS_DIR, Shard
+
+Stamp = tuple[int, int, int]
+
+
+def manifest_stamp(index_dir: Path) -> Stamp | None:
+    """Identity of the manifest file (it is replaced by rename on every commit)."""
+    try:
+        stat = os.stat(manifest_io.manifest_path(index_dir))
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+class Snapshot:
+    """Manifest, shards, tombstones and (lazily) the metadata catalog of one generation."""
+
+    def __init__(self, index_dir: Path, manifest: Manifest, stamp: Stamp | None, previous: Snapshot | None = None):
+        self.dir = Path(index_dir)
+        self.manifest = manifest
+        self.stamp = stamp
+        reusable = {s.info: s for s in previous.shards} if previous is not None else {}
+        self.shards = [reusable.get(info) or Shard(self.dir, info) for info in manifest.shards]
+        self.tombstones = np.asarray(manifest.tombstones, dtype=np.int64)
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._counts: dict[str, int] | None = None
+
+    @classmethod
+    def load(cls, index_dir: Path, previous: Snapshot | None = None) -> Snapshot:
+        """The current generation; ``previous`` itself when nothing was committed since."""
+        stamp = manifest_stamp(index_dir)
+        if previous is not None and stamp is not None and stamp == previous.stamp:
+            return previous
+        manifest = manifest_io.load(index_dir)
+        if previous is not None and manifest.generation == previous.manifest.generation:
+            return previous
+        return cls(index_dir, manifest, stamp, previous)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    @property
+    def catalog(self) -> Catalog:
+        """Live rows and failures in memory, read once per generation."""
+        if self._catalog is None:
+            with self._lock:
+                if self._catalog is None:
+                    self._catalog = Catalog(self._live_items(), self._failures())
+        return self._catalog
+
+    def _live_items(self) -> pa.Table:
+        tables = [shard.table() for shard in self.shards]
+        items = pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
+        if len(self.tombstones):
+            items = items.filter(pc.invert(pc.is_in(items.column("id"), pa.array(self.tombstones))))
+        return items.combine_chunks()
+
+    def _failures(self) -> pa.Table:
+        if not self.manifest.failures:
+            return FAILURE_SCHEMA.empty_table()
+        path = self.dir / SHARDS_DIR / self.manifest.failures
+        try:
+            return pq.read_table(path).cast(FAILURE_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardDamagedError(path, str(exc)) from None
+
+    def counts(self) -> dict[str, int]:
+        """Live items per modality."""
+        if self._counts is None:
+            table = self.catalog.items.group_by("modality").aggregate([("id", "count")]).sort_by("modality")
+            self._counts = dict(zip(table.column("modality").to_pylist(), table.column("id_count").to_pylist()))
+        return self._counts
