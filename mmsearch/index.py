@@ -251,7 +251,7 @@ class Index:
             old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
             found, unreadable, skipped = [], [], Counter()
             own = [str(self.path.resolve())]
-            for file in walk(roots, exclude=own, unreadable=unreadable):  # TODOHELPER ignore=list(exclude), skipped=skipped
+            for file in walk(roots, exclude=own, unreadable=unreadable, ignore=list(exclude), skipped=skipped):
                 if file.modality in encoder.modalities:
                     found.append(file)
                 else:

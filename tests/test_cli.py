@@ -33,9 +33,9 @@ def test_query_outputs(cli_index: tuple[Path, Path]) -> None:
     assert len(listed.stdout.splitlines()) == 4
 
     hits = json.loads(
-        run_cli("query", "x", "--index", str(index), "--where", "format = 'JPEG'", "-k", "20", "--json").stdout
+        run_cli("query", "x", "--index", str(index), "--where", "format = 'jpeg'", "-k", "20", "--json").stdout
     )
-    assert len(hits) == 6 and {h["format"] for h in hits} == {"JPEG"}
+    assert len(hits) == 6 and {h["format"] for h in hits} == {"jpeg"}
     assert [h["rank"] for h in hits] == list(range(1, 7))
 
 
@@ -47,7 +47,7 @@ def test_info_sql_and_default_index_from_environment(cli_index: tuple[Path, Path
     rows = json.loads(
         run_cli("sql", "SELECT format, count(*) AS n FROM items GROUP BY 1 ORDER BY 1", "--json", env=env).stdout
     )
-    assert rows == [{"format": "JPEG", "n": 6}, {"format": "PNG", "n": 6}]
+    assert rows == [{"format": "jpeg", "n": 6}, {"format": "png", "n": 6}]
 
 
 def test_index_and_query_meet_in_default_location(tmp_path: Path, photos: Path, random_checkpoint: str) -> None:

@@ -3,7 +3,9 @@
 An image is one piece; a text file is split into passages; a caption table gives a
 piece per row; an audio file gives a piece per fixed window. Runs without torch so
 worker processes start fast. A file that cannot be decoded yields a result carrying
-the reason instead of raising: one bad file never stops a batch.
+the reason instead of raising: one bad file never stops a batch. Whatever the
+libraries say while decoding (Python warnings, text C code writes to file
+descriptor 2) is kept as the file's ``notes`` instead of reaching the terminal.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import io
 import json
 import os
 import re
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
 from mmsearch.ingest.preprocess import square_crop
 
 EXIF_ORIENTATION = 0x0112
@@ -30,6 +39,9 @@ EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 0x9003
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 TEXT_COLUMN_GUESSES = ("text", "caption", "description", "title")
+IMAGE_FORMAT_NAMES = {"HEIF": "heic", "MPO": "jpeg"}  # MPO: a camera JPEG carrying extra frames
+AUDIO_FORMAT_NAMES = {"WAVEX": "wav", "RF64": "wav"}
+NOTES_CHARS = 300
 
 
 class DecodeError(Exception):
@@ -46,6 +58,7 @@ class DecodeOptions:
     passage_chars: int = 300
     text_column: str | None = None
     id_column: str | None = None
+    max_pixels: int = 100_000_000  # the most pixels decoded at once (~300 MB of RGB) after any reduced decode
 
     def fingerprint(self) -> str:
         """Identifies the settings, so a failure is retried when they change."""
@@ -77,36 +90,171 @@ def decode(path: str, decoder: str, options: DecodeOptions) -> Decoded:
     """Read, hash and decode a file with the named decoder; never raises for a bad file."""
     started = time.perf_counter()
     result = Decoded(path, decoder)
+    notes: list[str] = []
     try:
         with open(path, "rb") as handle:
             data = handle.read()
         result.content_hash = hashlib.sha256(data).hexdigest()
-        result.meta, result.pieces = DECODERS[decoder](data, path, options)
+        with _quiet(notes):
+            result.meta, result.pieces = DECODERS[decoder](data, path, options)
         if not result.pieces:
             raise DecodeError("nothing to index (empty file)")
     except DecodeError as exc:
         result.error = str(exc)
     except Exception as exc:  # any decoder failure is a per-file outcome, never a crash
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    said = _joined(notes)
     if result.error is not None:
         result.pieces = []
+        result.error = result.error if said is None else _joined([f"{result.error} ({said})"])
+    else:
+        result.meta["notes"] = said
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _joined(notes: list[str]) -> str | None:
+    """Distinct notes in order, one short line."""
+    text = "; ".join(dict.fromkeys(" ".join(n.split()) for n in notes if n.strip()))
+    return (text[: NOTES_CHARS - 3] + "..." if len(text) > NOTES_CHARS else text) or None
+
+
+@contextmanager
+def _quiet(notes: list[str]) -> Iterator[None]:
+    """Collect Python warnings and file-descriptor-2 output into ``notes`` instead of printing them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with _fd2_captured(notes):
+                yield
+        finally:
+            notes[:0] = [
+                str(w.message) if w.category is UserWarning else f"{w.category.__name__}: {w.message}" for w in caught
+            ]
+
+
+_FD2_LOCK = threading.Lock()
+
+
+@contextmanager
+def _fd2_captured(notes: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file while C libraries (libtiff, libsndfile's
+    mpg123, libheif, LibRaw) run, then restore it and keep what they wrote.
+
+    Only one thread redirects at a time: a second thread decoding meanwhile runs without
+    capture rather than having the descriptor swapped under it (what other threads write
+    to fd 2 during a decode lands in its notes). Without a usable fd 2 nothing is redirected.
+    """
+    if not _FD2_LOCK.acquire(blocking=False):
+        yield
+        return
+    try:
+        _flush_stderr()  # earlier Python output belongs on the terminal, not in the notes
+        saved = os.dup(2)
+    except OSError:
+        _FD2_LOCK.release()
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                _flush_stderr()
+                os.dup2(saved, 2)
+                sink.seek(0)
+                notes.extend(sink.read(4 * NOTES_CHARS).decode("utf-8", "replace").splitlines())
+    finally:
+        os.close(saved)
+        _FD2_LOCK.release()
+
+
+def _flush_stderr() -> None:
+    with suppress(AttributeError, OSError, ValueError):  # no, or a closed, sys.stderr
+        sys.stderr.flush()
+
+
+def _not_readable(kind: str, data: bytes) -> str:
+    """Why a file is not a readable ``kind``, naming what its content is when known."""
+    found = sniff(data[:HEAD_BYTES])
+    if found is None:
+        return f"not a readable {kind} file (unknown format or corrupt header)"
+    if DECODER_OF_FORMAT[found] != kind:
+        return f"not a readable {kind} file: its content is {found.upper()} {DECODER_OF_FORMAT[found]}"
+    return f"not a readable {kind} file (damaged {found.upper()})"
 
 
 # -- images ---------------------------------------------------------------------------
 
 
 def decode_image(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
-    """One square crop, EXIF orientation applied, reduced-size JPEG decode."""
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise DecodeError("not a readable image (unknown format or corrupt header)") from None
+    """One square crop, EXIF orientation applied, never decoding more than ``max_pixels``."""
+    if path.lower().endswith(RAW_EXTENSIONS):
+        meta, image = _raw_image(data, path, options)
+    else:
+        image, meta = open_image(data, options)
+        with image:
+            image = ImageOps.exif_transpose(image)
     with image:
-        meta = image_metadata(image)
-        image.draft("RGB", (options.image_size, options.image_size))
-        return meta, [Piece(square_crop(ImageOps.exif_transpose(image), options.image_size))]
+        return meta, [Piece(square_crop(image, options.image_size))]
+
+
+@cache
+def _register_heif() -> None:
+    """Teach Pillow HEIC/HEIF (Pillow reads AVIF itself), on first use: the import is not free."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+_bomb_lock = threading.Lock()
+_bomb_users = 0  # threads inside _pillow_bomb_check_off
+_bomb_limit: int | None = None  # Pillow's limit, restored when the last one leaves
+
+
+@contextmanager
+def _pillow_bomb_check_off() -> Iterator[None]:
+    """Pillow warns about, then refuses, images over ~90/180 MP at open; ``open_image`` applies
+    its own limit after reduced decoding instead, so a huge but draftable JPEG is not lost."""
+    global _bomb_users, _bomb_limit
+    with _bomb_lock:
+        if _bomb_users == 0:
+            _bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _bomb_users += 1
+    try:
+        yield
+    finally:
+        with _bomb_lock:
+            _bomb_users -= 1
+            if _bomb_users == 0:
+                Image.MAX_IMAGE_PIXELS = _bomb_limit
+
+
+def open_image(data: bytes, options: DecodeOptions) -> tuple[Image.Image, dict]:
+    """The image set up to decode near the model size, and the metadata of the full image.
+
+    JPEGs are drafted (libjpeg decodes at 1/2 to 1/8 scale) and HEIC/HEIF files use an
+    embedded thumbnail when one is large enough, so a huge photo is never decoded in
+    full. Whatever would still decode to more than ``max_pixels`` is refused before any
+    pixel is decoded.
+    """
+    _register_heif()
+    with _pillow_bomb_check_off():
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise DecodeError(_not_readable("image", data)) from None
+    meta = image_metadata(image)
+    image.draft("RGB", (options.image_size, options.image_size))
+    width, height = image.size
+    if width * height > options.max_pixels:
+        image.close()
+        raise DecodeError(
+            f"image too large: {meta['width']}×{meta['height']} would decode to {width * height / 1e6:.0f} MP,"
+            f" over the {options.max_pixels / 1e6:g} MP limit (max_pixels)"
+        )
+    return image, meta
 
 
 def image_metadata(image: Image.Image) -> dict:
@@ -117,7 +265,7 @@ def image_metadata(image: Image.Image) -> dict:
         width, height = height, width
     taken = exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL) or exif.get(EXIF_DATETIME)
     return {
-        "format": image.format,
+        "format": IMAGE_FORMAT_NAMES.get(image.format or "", (image.format or "").lower()) or None,
         "width": width,
         "height": height,
         "taken_at": _exif_time(taken),
@@ -130,6 +278,68 @@ def _exif_time(value: object) -> datetime | None:
         return datetime.strptime(str(value).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return None
+
+
+def _raw_image(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, Image.Image]:
+    """A camera RAW file: its embedded preview when it is large enough for the model
+    (fast, and what the camera rendered), else a half-size demosaic."""
+    try:
+        import rawpy
+    except ImportError:
+        raise DecodeError(f"RAW images need rawpy: {RAW_HINT}") from None
+    try:
+        raw = rawpy.imread(io.BytesIO(data))
+    except rawpy.LibRawError as exc:
+        raise DecodeError(f"not a readable RAW file ({type(exc).__name__})") from None
+    with raw:
+        sizes = raw.sizes
+        flip, quarter_turn = RAW_FLIPS.get(sizes.flip), sizes.flip in (5, 6)
+        meta = {
+            **_tiff_tags(data),
+            "format": os.path.splitext(path)[1].lstrip(".").lower(),
+            "width": sizes.height if quarter_turn else sizes.width,
+            "height": sizes.width if quarter_turn else sizes.height,
+        }
+        preview = _raw_preview(raw, options)
+        if preview is None:
+            if (sizes.width // 2) * (sizes.height // 2) > options.max_pixels:
+                raise DecodeError(f"RAW image too large: {sizes.width}×{sizes.height} at half size is over max_pixels")
+            return meta, Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+        if flip is None:
+            return meta, preview
+        with preview:  # previews are stored unrotated: LibRaw's flip says how the camera was held
+            return meta, preview.transpose(flip)
+
+
+RAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def _raw_preview(raw, options: DecodeOptions) -> Image.Image | None:
+    """The embedded preview, opened for reduced decoding, if its shorter side covers the model input."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        image, _ = open_image(thumb.data, options)
+    else:
+        image = Image.fromarray(thumb.data)
+    if min(image.size) >= options.image_size:
+        return image
+    image.close()
+    return None
+
+
+def _tiff_tags(data: bytes) -> dict:
+    """Capture time and camera from a TIFF-based RAW's header, when Pillow can read it."""
+    try:
+        with _pillow_bomb_check_off(), Image.open(io.BytesIO(data)) as header:
+            found = image_metadata(header)
+    except Exception:  # not TIFF-based (CR3, RAF…) or a header Pillow rejects: no tags, no failure
+        return {"taken_at": None, "camera": None}
+    return {"taken_at": found["taken_at"], "camera": found["camera"]}
 
 
 # -- text -----------------------------------------------------------------------------
@@ -217,9 +427,10 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
     import soundfile
 
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            samples, rate, fmt = sound.read(dtype="float32", always_2d=True), sound.samplerate, sound.format
     except soundfile.LibsndfileError as exc:
-        raise DecodeError(f"not a readable audio file ({exc})") from None
+        raise DecodeError(f"{_not_readable('audio', data)}: {exc.error_string}") from None
     wave = resample(samples.mean(axis=1), rate, options.sample_rate)
     window = round(options.window_s * options.sample_rate)
     pieces = []
@@ -231,7 +442,7 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
         padded[: len(chunk)] = chunk
         seconds = len(chunk) / options.sample_rate
         pieces.append(Piece(padded, {"offset_s": start / options.sample_rate, "duration_s": seconds}))
-    return {"format": soundfile.info(io.BytesIO(data)).format}, pieces
+    return {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower())}, pieces
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:

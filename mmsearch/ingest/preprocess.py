@@ -16,13 +16,16 @@ from PIL import Image
 
 
 def square_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the shortest side to ``size`` and centre-crop: ``(size, size, 3)`` uint8."""
+    """Resize the shortest side to ``size`` and centre-crop: ``(size, size, 3)`` uint8.
+
+    A much larger image is first box-reduced by an integer factor (``reducing_gap``): several
+    times faster than one bicubic pass over every pixel and visually the same."""
     image = image.convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     resized = (max(size, round(width * scale)), max(size, round(height * scale)))
     if resized != image.size:
-        image = image.resize(resized, Image.Resampling.BICUBIC)
+        image = image.resize(resized, Image.Resampling.BICUBIC, reducing_gap=3.0)
     left = (image.width - size) // 2
     top = (image.height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)

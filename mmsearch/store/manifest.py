@@ -1,24 +1,40 @@
-"""The manifest: one JSON file that is the index's commit point.
+"""The manifest: one small JSON file that is the index's commit point.
 
 Anything the manifest does not name does not exist. Writers build new shard files
 first and replace the manifest last, so a crash at any moment leaves the previous
 generation intact. The format is versioned with step-by-step migrations.
+
+The manifest never holds per-row data: deleted ids live in an immutable
+``shards/deletions-<generation>.npy`` (sorted int64) that the manifest names, so it
+stays a few KB whatever the number of deletions.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmsearch.errors import IndexFormatError, IndexNotFoundError
-from mmsearch.store.atomic import atomic_write_bytes
+import numpy as np
 
-FORMAT_VERSION = 1
+from mmsearch.errors import IndexFormatError, IndexNotFoundError
+from mmsearch.store.atomic import atomic_write, atomic_write_bytes
+
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}  # version -> upgrade of a dict from it
+SHARDS_DIR = "shards"
+
+
+def _from_v1(data: dict) -> dict:
+    """v1 kept deleted ids in the manifest and wrapped FAISS indexes in IDMap2 (still read).
+    The ids move to memory here and into a deletions file at the next commit."""
+    data = {**data, "format_version": 2, "pending_tombstones": data.pop("tombstones", [])}
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}  # version -> upgrade of a dict from it
 
 
 @dataclass(frozen=True)
@@ -32,13 +48,18 @@ class ShardInfo:
     parquet_sha256: str
     faiss_bytes: int | None = None  # None in indexes written before sizes were recorded
     parquet_bytes: int | None = None
+    params: dict[str, float] = field(default_factory=dict)  # search settings tuned at seal time
+    recall: float | None = None  # recall@10 measured at seal time with ``params`` (1.0: exact)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.faiss_sha256, self.parquet_sha256))
 
 
 @dataclass
 class Manifest:
     """Everything needed to read an index, and nothing that can be derived."""
 
-    model: str
+    model: str | None  # None: a vector-only index fed by add_vectors
     space_id: str
     dim: int
     recipe: str
@@ -46,7 +67,8 @@ class Manifest:
     metric: str = "inner_product"
     audio_space_id: str | None = None
     shards: list[ShardInfo] = field(default_factory=list)
-    tombstones: list[int] = field(default_factory=list)
+    deletions: str | None = None  # file in shards/ holding the sorted deleted ids
+    deleted: int = 0
     failures: str | None = None
     retired: dict[str, float] = field(default_factory=dict)  # file name -> when a commit stopped naming it
     next_id: int = 0
@@ -56,19 +78,22 @@ class Manifest:
     created_at: str = field(default_factory=lambda: _now())
     updated_at: str = field(default_factory=lambda: _now())
 
-    @property
-    def live_rows(self) -> int:
-        """Vectors that searches can return."""
-        return sum(shard.rows for shard in self.shards) - len(self.tombstones)
+    tombstones: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()
+        data = asdict(self)
+        data.pop("tombstones")
+        return json.dumps(data, indent=1).encode()
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
         data = dict(data)
+        pending = data.pop("pending_tombstones", [])
         data["shards"] = [ShardInfo(**shard) for shard in data.get("shards", [])]
-        return cls(**data)
+        known = {f.name for f in fields(cls)} - {"tombstones"}
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        manifest.tombstones = np.unique(np.asarray(pending, dtype=np.int64))
+        return manifest
 
 
 def _now() -> str:
@@ -101,13 +126,38 @@ def load(index_dir: Path) -> Manifest:
         data = MIGRATIONS[version](data)
         version = data["format_version"]
     try:
-        return Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path} is damaged: {exc}") from exc
+    if manifest.deletions:
+        manifest.tombstones = _read_deletions(Path(index_dir) / SHARDS_DIR / manifest.deletions)
+    return manifest
+
+
+def _read_deletions(path: Path) -> np.ndarray:
+    from mmsearch.errors import ShardDamagedError
+
+    try:
+        return np.load(path, allow_pickle=False).astype(np.int64, copy=False)
+    except (OSError, ValueError) as exc:
+        raise ShardDamagedError(path, str(exc)) from None
 
 
 def commit(index_dir: Path, manifest: Manifest) -> None:
-    """Bump the generation and atomically replace the manifest."""
+    """Bump the generation and atomically replace the manifest (writing the deletions
+    file first when the deleted ids changed)."""
     manifest.generation += 1
     manifest.updated_at = _now()
+    tombstones = np.unique(manifest.tombstones)
+    if len(tombstones) != manifest.deleted or (len(tombstones) and not manifest.deletions):
+        manifest.deletions = f"deletions-{manifest.generation:06d}.npy" if len(tombstones) else None
+        if manifest.deletions:
+            target = Path(index_dir) / SHARDS_DIR / manifest.deletions
+            atomic_write(target, lambda tmp: _save(tmp, tombstones))
+    manifest.tombstones, manifest.deleted = tombstones, len(tombstones)
     atomic_write_bytes(manifest_path(index_dir), manifest.to_json())
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)

@@ -19,10 +19,8 @@ from mmsearch.errors import ShardDamagedError
 from mmsearch.hashing import file_digest
 from mmsearch.store import recipes
 from mmsearch.store.atomic import atomic_write
-from mmsearch.store.manifest import ShardInfo
+from mmsearch.store.manifest import SHARDS_DIR, ShardInfo
 from mmsearch.store.schema import conform_items
-
-SHARDS_DIR = "shards"
 
 
 def shard_name(number: int) -> str:

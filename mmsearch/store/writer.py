@@ -251,7 +251,7 @@ class ShardWriter:
 
 def _named_files(manifest: Manifest) -> set[str]:
     """The file names (inside ``shards/``) a manifest refers to."""
-    named = {manifest.failures} if manifest.failures else set()
+    named = {name for name in (manifest.failures, manifest.deletions) if name}
     for info in manifest.shards:
         named.update({f"{info.name}.faiss", f"{info.name}.parquet"})
     return named
