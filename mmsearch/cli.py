@@ -1,49 +1,105 @@
 """The ``mmsearch`` command line. Heavy modules (torch, faiss, duckdb) load lazily
-inside commands, so ``--help`` and argument errors answer instantly.
+inside commands, so ``--help``, ``--version`` and argument errors answer instantly.
 
-Errors a user can cause surface as one line on stderr and a non-zero exit code.
+Errors a user can cause surface as one line on stderr (``mmsearch: error: ...``) and a
+non-zero exit code: library errors by their type, usage errors with exit code 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Sequence
+from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from mmsearch.config import INDEX_ENV, default_index_path
-from mmsearch.errors import MMSearchError
+from mmsearch.errors import MMSearchError, UserInputError
+from mmsearch.models.registry import DEFAULT_MODEL, DEFAULT_MODEL_ENV, default_model
 
 if TYPE_CHECKING:
-    from mmsearch.index import Index
+    from mmsearch.index import AddSummary, Index
+    from mmsearch.search.query import Term
+
+FAILURES_SQL = 'mmsearch sql "SELECT path, reason FROM failures"'
+SHOWN_FAILURES = 10
+MAX_CELL = 60  # characters of a table cell before it is cut with "…"
+
+
+def _where_index_lives() -> str:
+    """Help text naming the default index (resolved now: it depends on the environment
+    and the current folder) and the rule that picks it. Kept out of the help wrapper
+    (``\\b``) so a long path stays whole and copyable."""
+    return (
+        "\b\n"
+        f"Index folder.  [default: {default_index_path().absolute()}]\n"
+        f"(--index, else ${INDEX_ENV}, else ./indexes/default when ./indexes\n"
+        "exists, else $XDG_DATA_HOME/mmsearch/indexes/default)"
+    )
+
 
 app = typer.Typer(
     help="Cross-modal vector search over folders of images, text and audio.",
+    epilog=f"\b\nThe index lives in {default_index_path().absolute()} (--index DIR or ${INDEX_ENV} to change).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: "[default: ...]" survives and flags show no value placeholder
+    context_settings={"max_content_width": 100},
 )
 
-IndexOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--index", "-i", help=f"Index folder [default: ${INDEX_ENV} or ./indexes/default].", show_default=False
-    ),
-]
+IndexOption = Annotated[Optional[Path], typer.Option("--index", "-i", metavar="DIR", help=_where_index_lives())]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N [default: auto].")]
+DeviceOption = Annotated[
+    Optional[str],
+    typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: CUDA if present]"),
+]
+
+
+def _model_default() -> str:
+    """The default model as help text: the environment's choice, or the built-in one."""
+    if os.environ.get(DEFAULT_MODEL_ENV):
+        return f"{default_model()} from ${DEFAULT_MODEL_ENV}"
+    return f"{DEFAULT_MODEL}; ${DEFAULT_MODEL_ENV} changes it"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("mmsearch")
+        except PackageNotFoundError:
+            from mmsearch import __version__ as installed
+        typer.echo(f"mmsearch {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Cross-modal vector search over folders of images, text and audio."""
 
 
 def _index_path(index: Path | None) -> Path:
-    return index if index is not None else default_index_path()
+    path = index if index is not None else default_index_path()
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"index path {path} is a file, not an index folder; pass another --index")
+    return path
 
 
 def _open(index: Path | None, device: str | None = None) -> Index:
+    path = _index_path(index)
     from mmsearch.index import Index
 
-    return Index.open(_index_path(index), device=device)
+    return Index.open(path, device=device)
 
 
 def _print_json(data: object) -> None:
@@ -54,30 +110,74 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _check_file(path: str | Path) -> None:
+    if not os.path.isfile(path):
+        raise UserInputError(f"file not found: {path}" if not os.path.exists(path) else f"not a file: {path}")
+
+
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to index (recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to index (recursively).", metavar="PATH")],
     index: IndexOption = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Model spec for a new index (see `mmsearch models`).")
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="SPEC",
+            help="Model for a new index; an existing index keeps its own (see `mmsearch models`).  "
+            f"[default: {_model_default()}]",
+        ),
     ] = None,
-    shard_size: Annotated[int, typer.Option(help="Vectors per shard (new index).")] = 100_000,
-    recipe: Annotated[str, typer.Option(help="FAISS recipe for a new index: auto, flat, hnsw.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes [default: auto].")] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            help="Leave out files matching GLOB (gitignore syntax, relative to each given folder); repeatable. "
+            ".mmsearchignore files (gitignore syntax) in the folders are honoured too.",
+        ),
+    ] = None,
+    shard_size: Annotated[int, typer.Option(metavar="N", help="Vectors per shard (new index).")] = 100_000,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME",
+            help="FAISS recipe for a new index: auto (Flat for small shards, IVF tuned to recall 0.95 for large "
+            "ones), flat, hnsw, or a FAISS factory string such as IVF1024,Flat or IVF1024,SQ8.",
+        ),
+    ] = "auto",
+    workers: Annotated[
+        Optional[int], typer.Option(metavar="N", help="Decode worker processes, 0 decodes in-process.  [default: auto]")
+    ] = None,
     text_column: Annotated[
-        Optional[str], typer.Option(help="Caption tables: column to index [default: text/caption/...].")
+        Optional[str],
+        typer.Option(
+            metavar="NAME",
+            help="Caption tables: column to index.  [default: the first of text, caption, description, title]",
+        ),
     ] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="Caption tables: column kept as source_id.")] = None,
+    id_column: Annotated[
+        Optional[str], typer.Option(metavar="NAME", help="Caption tables: column kept as source_id.  [default: none]")
+    ] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Embed every supported file under PATHS; re-runs only embed what changed."""
-    from mmsearch.index import Index
+    """Embed every supported file under each PATH; re-runs only embed what changed."""
     from mmsearch.ingest.discover import check_roots
 
     check_roots(paths)
     path = _index_path(index)
-    if not json_out:
+    from mmsearch.store.recipes import check_recipe
+
+    check_recipe(recipe)  # before any model loads
+    from mmsearch.index import Index
+
+    if not json_out and sys.stderr.isatty():
         _say(f"loading model for {path} ...")
     idx = Index.open_or_create(path, model, shard_size=shard_size, recipe=recipe, device=device)
     summary = idx.add(
@@ -86,60 +186,98 @@ def index(
         progress=sys.stderr.isatty() and not json_out,
         text_column=text_column,
         id_column=id_column,
+        exclude=list(exclude or ()),
     )
     if json_out:
         _print_json(summary.to_dict())
         return
-    typer.echo(
+    for line in _summary_lines(summary, idx.manifest.model):
+        typer.echo(line)
+
+
+def _summary_lines(summary: AddSummary, model: str) -> list[str]:
+    """What an ``index`` run did, for people: counts, then what was left out and why."""
+    lines = [
         f"{summary.index}: {summary.found} files found, {summary.embedded} embedded "
         f"({summary.vectors} vectors), {summary.reused} reused, "
         f"{summary.unchanged} unchanged, {summary.removed} removed, {len(summary.failed)} failed"
-    )
+    ]
     for modality, count in summary.unsupported.items():
         hint = " (give it an audio partner: see mmsearch fit-audio --help)" if modality == "audio" else ""
-        typer.echo(f"  skipped {count} {modality} files: model {idx.manifest.model!r} cannot embed {modality}{hint}")
-    for failed_path, reason in summary.failed[:10]:
-        typer.echo(f"  failed: {failed_path}: {reason}")
-    hidden = len(summary.failed) - 10 + summary.previously_failed
-    if hidden > 0:
-        typer.echo(f'  {hidden} more failed files: mmsearch sql "SELECT path, reason FROM failures"')
-    typer.echo("  seconds: " + ", ".join(f"{stage} {value:.2f}" for stage, value in summary.seconds.items()))
+        lines.append(f"  skipped {count} {modality} files: model {model!r} cannot embed {modality}{hint}")
+    for reason, count in getattr(summary, "skipped", {}).items():
+        lines.append(f"  skipped {count} {reason}")
+    lines += [f"  repaired: {problem}" for problem in getattr(summary, "repaired", ())]
+    lines += [f"  failed: {path}: {reason}" for path, reason in summary.failed[:SHOWN_FAILURES]]
+    if len(summary.failed) > SHOWN_FAILURES:
+        more = len(summary.failed) - SHOWN_FAILURES
+        lines.append(f"  ... and {more} more failed ({FAILURES_SQL})")
+    if summary.previously_failed > 0:
+        lines.append(f"  {_plural(summary.previously_failed, 'file')} still failing ({FAILURES_SQL})")
+    lines.append("  seconds: " + ", ".join(f"{stage} {value:.2f}" for stage, value in summary.seconds.items()))
+    return lines
 
 
 @app.command()
 def query(
     text: Annotated[
         Optional[list[str]],
-        typer.Argument(help='Text, or arithmetic: "dog" + "beach" - "2:night"; a term may name an image/audio file.'),
+        typer.Argument(
+            help='Text, or arithmetic: "dog" + "beach" - "2:night"; a term may name an image/audio file.',
+            metavar="QUERY",
+        ),
     ] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Query with an image file.")] = None,
-    audio: Annotated[Optional[Path], typer.Option("--audio", help="Query with an audio file.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", metavar="FILE", help="Query with an image file.")] = None,
+    audio: Annotated[Optional[Path], typer.Option("--audio", metavar="FILE", help="Query with an audio file.")] = None,
     modality: Annotated[
         Optional[str],
-        typer.Option("--modality", help="What to return: image, text, audio or any [default: per query]."),
+        typer.Option(
+            "--modality",
+            metavar="KIND",
+            help="What to return: image, text, audio or any.  "
+            "[default: images for text/image queries, audio for audio queries]",
+        ),
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--top-k", help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top-k", metavar="N", help="Number of results.")] = 10,
     where: Annotated[
-        Optional[str], typer.Option("--where", "-w", help='SQL filter over item metadata, e.g. "width >= 1024".')
+        Optional[str],
+        typer.Option("--where", "-w", metavar="SQL", help='SQL filter over item metadata, e.g. "width >= 1024".'),
     ] = None,
-    min_score: Annotated[Optional[float], typer.Option(help="Drop results scoring below this (cosine, -1..1).")] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(metavar="SCORE", help="Drop results scoring below this (cosine, -1..1).  [default: keep all]"),
+    ] = None,
     paths_only: Annotated[bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line.")] = False,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="Print only paths, each ended by a NUL byte (for xargs -0).")
+    ] = False,
     index: IndexOption = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Find the items closest to a text, an image, a sound, or a sum of them."""
+    if k < 1:
+        raise UserInputError(f"-k must be at least 1, not {k}")
+    for file in (image, audio):
+        if file is not None:
+            _check_file(file)
     from mmsearch.search.embed import query_terms
 
-    idx = _open(index, device)
     expression = " ".join(text) if text else None
     terms = query_terms(None, image, audio, expression)
+    if not terms:
+        raise UserInputError('give a query: a text, --image FILE, --audio FILE or an expression like "dog" + "beach"')
+    _check_file_terms(terms)
+    idx = _open(index, device)
     returned = idx.result_modality(terms, modality)
     hits = idx.search(
         query=expression, image=image, audio=audio, modality=returned, k=k, where=where, min_score=min_score
     )
     if json_out:
         _print_json([{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)])
+        return
+    if null:
+        typer.echo("".join(f"{hit.path}\0" for hit in hits), nl=False)
         return
     if paths_only:
         for hit in hits:
@@ -150,6 +288,19 @@ def query(
         _say("no results" + (" above --min-score" if min_score is not None else ""))
     for rank, hit in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {hit.score:.4f}  {_locate(hit)}")
+
+
+def _check_file_terms(terms: Sequence[Term]) -> None:
+    """A term that looks like an image/audio file name but names no file is a typo, not
+    a text to search for: say so before the model loads."""
+    from mmsearch.ingest.discover import modality_of
+
+    for term in terms:
+        value = term.value
+        if term.modality != "text" or modality_of(value) not in ("image", "audio"):
+            continue
+        if "/" in value or os.sep in value or not any(char.isspace() for char in value):
+            _check_file(value)
 
 
 def _locate(hit) -> str:
@@ -165,20 +316,43 @@ def _locate(hit) -> str:
 
 @app.command()
 def label(
-    file: Annotated[Path, typer.Argument(help="An image or audio file.")],
-    labels: Annotated[str, typer.Option("--labels", "-l", help='Comma-separated candidates, e.g. "cat,dog,car".')],
+    file: Annotated[Path, typer.Argument(help="An image or audio file.", metavar="FILE")],
+    labels: Annotated[
+        str, typer.Option("--labels", "-l", metavar="A,B,...", help='Comma-separated candidates, e.g. "cat,dog,car".')
+    ],
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Model spec [default: $MMSEARCH_MODEL].")
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="SPEC",
+            help="Model spec.  [default: the model of --index, or of the default index when one exists, "
+            f"else {_model_default()}]",
+        ),
+    ] = None,
+    index: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--index",
+            "-i",
+            metavar="DIR",
+            help=f"\b\nUse this index's model.  [default: {default_index_path().absolute()}]\n"
+            f"(used when an index is there; ${INDEX_ENV} changes it)",
+        ),
     ] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Zero-shot labelling without an index: rank LABELS for FILE."""
-    from mmsearch.labels import rank_labels
-    from mmsearch.models.registry import default_model, load_encoder
-
+    """Zero-shot labelling: rank LABELS for FILE with an index's model (or --model)."""
+    _check_file(file)
     candidates = [part.strip() for part in labels.split(",") if part.strip()]
-    ranked = rank_labels(load_encoder(model or default_model(), device), file, candidates)
+    if len(candidates) < 2:
+        raise UserInputError('give at least two comma-separated labels, e.g. --labels "cat,dog"')
+    spec = model or _label_model(index)
+    from mmsearch.labels import rank_labels
+    from mmsearch.models.registry import load_encoder
+
+    ranked = rank_labels(load_encoder(spec, device), file, candidates)
     if json_out:
         _print_json(
             [{"label": name, "score": round(score, 6), "probability": round(p, 6)} for name, score, p in ranked]
@@ -188,6 +362,17 @@ def label(
         typer.echo(f"{probability:6.1%}  {score:.4f}  {name}")
 
 
+def _label_model(index: Path | None) -> str:
+    """The model of ``--index`` (which must exist), else of the default index if there is
+    one, else the default model."""
+    from mmsearch.store import manifest as manifest_io
+
+    if index is not None:
+        return manifest_io.load(_index_path(index)).model
+    path = default_index_path()
+    return manifest_io.load(path).model if manifest_io.exists(path) else default_model()
+
+
 @app.command()
 def info(index: IndexOption = None, json_out: JsonOption = False) -> None:
     """Show the index's model, space, counts, shards and size."""
@@ -195,8 +380,57 @@ def info(index: IndexOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         _print_json(details)
         return
+    for line in _info_lines(details):
+        typer.echo(line)
+
+
+def _info_lines(details: dict) -> list[str]:
+    """``key: value`` lines aligned on the colon: sizes in kB/MB/GB, dates in local time."""
+    rows = []
     for key, value in details.items():
-        typer.echo(f"{key:>14}: {value}")
+        name = key.removesuffix("_bytes").replace("_", " ")
+        if key.endswith("_bytes") and isinstance(value, int):
+            shown = human_size(value)
+        elif key.endswith("_at") and isinstance(value, str):
+            shown = _human_time(value)
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k} {_human_number(v)}" for k, v in value.items()) or "none"
+        elif isinstance(value, (list, tuple)):
+            shown = ", ".join(map(str, value)) or "none"
+        else:
+            shown = "-" if value is None else _human_number(value)
+        rows.append((name, shown))
+    width = max((len(name) for name, _ in rows), default=0) + 1
+    return [f"{name + ':':<{width}} {shown}" for name, shown in rows]
+
+
+def human_size(size: int) -> str:
+    """``12345678`` -> ``12.3 MB`` (powers of 1000, like file managers)."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.95 or unit == "TB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _human_number(value: object) -> str:
+    """Thousands separators for large counts (``123,456``); anything else as is."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def _human_time(value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
 @app.command()
@@ -212,29 +446,113 @@ def verify(index: IndexOption = None, json_out: JsonOption = False) -> None:
 
 
 @app.command()
+def repair(index: IndexOption = None, json_out: JsonOption = False) -> None:
+    """Verify every shard and drop the damaged ones; `mmsearch index` then re-embeds their files."""
+    dropped = _open(index).repair()
+    if json_out:
+        _print_json({"dropped": dropped})
+    elif dropped:
+        typer.echo("\n".join(dropped))
+        typer.echo("run `mmsearch index` on the indexed folders to embed their files again")
+    else:
+        typer.echo("nothing to repair: all shard files match their checksums")
+
+
+@app.command()
 def sql(
-    statement: Annotated[str, typer.Argument(help="One read-only SELECT over the views `items` and `failures`.")],
+    statement: Annotated[
+        str, typer.Argument(help="One read-only SELECT over the views `items` and `failures`.", metavar="SELECT")
+    ],
     index: IndexOption = None,
     json_out: JsonOption = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="CSV with a header row on stdout.")] = False,
 ) -> None:
-    """Run read-only SQL over the metadata of all live items."""
+    """Run read-only SQL over the metadata of all live items; prints an aligned table."""
+    if json_out and csv_out:
+        raise UserInputError("choose one of --json and --csv")
     table = _open(index).sql(statement)
     rows = table.to_pylist()
     if json_out:
         _print_json(rows)
-        return
-    typer.echo("\t".join(table.column_names))
-    for row in rows:
-        typer.echo("\t".join("" if value is None else str(value) for value in row.values()))
+    elif csv_out:
+        _print_csv(table.column_names, rows)
+    else:
+        for line in table_lines(table.column_names, [list(row.values()) for row in rows]):
+            typer.echo(line)
+        _say(f"({_plural(len(rows), 'row')})")
+
+
+def _print_csv(columns: list[str], rows: list[dict]) -> None:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_value(value) for value in row.values()] for row in rows)
+    typer.echo(out.getvalue(), nl=False)
+
+
+def _csv_value(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return value
+
+
+def table_lines(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """An aligned text table: a header, a rule, then rows; numbers right-aligned, long
+    cells cut with "…", line breaks in cells shown as spaces."""
+    headers = [_header(name) for name in columns]
+    cells = [[_cell(value) for value in row] for row in rows]
+    numeric = [
+        all(_is_number(row[i]) for row in rows if row[i] is not None) and any(row[i] is not None for row in rows)
+        for i in range(len(columns))
+    ]
+    widths = [max([len(headers[i])] + [len(row[i]) for row in cells]) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in cells)]
+
+
+def _header(name: str) -> str:
+    return "count(*)" if name == "count_star()" else name
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, datetime):
+        text = value.isoformat(sep=" ", timespec="seconds")
+    elif isinstance(value, bytes):
+        text = f"<{len(value)} bytes>"
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    text = " ".join(text.split()) if any(char in text for char in "\n\r\t") else text
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 @app.command()
 def remove(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders whose items to remove.")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders whose items to remove.", metavar="PATH")],
     index: IndexOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Remove the items of PATHS from the index (the files are not touched)."""
+    """Remove the items under each PATH from the index (the files are not touched)."""
     removed = _open(index).remove(paths)
     if json_out:
         _print_json({"removed": removed})
@@ -254,10 +572,10 @@ def compact(index: IndexOption = None, json_out: JsonOption = False) -> None:
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Argument(help="Where to put the generated world and its index.")] = Path(
-        "demo-world"
-    ),
-    images: Annotated[int, typer.Option(help="Scenes to generate.")] = 480,
+    folder: Annotated[
+        Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER")
+    ] = Path("demo-world"),
+    images: Annotated[int, typer.Option(metavar="N", help="Scenes to generate.")] = 480,
     json_out: JsonOption = False,
 ) -> None:
     """Generate a synthetic world, index it with the demo model and query it: no network needed."""
@@ -271,10 +589,19 @@ def demo(
 @app.command("fit-audio")
 def fit_audio(
     model: Annotated[
-        str, typer.Argument(help="SPEC+clap:NAME, e.g. ViT-B-32:laion2b_s34b_b79k+clap:laion/clap-htsat-unfused")
+        str,
+        typer.Argument(
+            help="SPEC+clap:NAME, e.g. ViT-B-32:laion2b_s34b_b79k+clap:laion/clap-htsat-unfused", metavar="SPEC"
+        ),
     ],
-    captions: Annotated[Path, typer.Option(help="Text file (one caption per line) or caption table.")],
-    text_column: Annotated[Optional[str], typer.Option(help="Caption tables: column to read.")] = None,
+    captions: Annotated[Path, typer.Option(metavar="FILE", help="Text file (one caption per line) or caption table.")],
+    text_column: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="NAME",
+            help="Caption tables: column to read.  [default: the first of text, caption, description, title]",
+        ),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Fit the projector that carries a CLAP model's sounds into an open_clip space."""
@@ -285,24 +612,53 @@ def fit_audio(
 
 
 @app.command()
-def models() -> None:
+def models(json_out: JsonOption = False) -> None:
     """List model specs."""
     from mmsearch.models.registry import describe_models
 
-    for name, description in describe_models():
+    described = describe_models()
+    if json_out:
+        _print_json([{"spec": name, "description": description} for name, description in described])
+        return
+    for name, description in described:
         typer.echo(f"{name:<30} {description}")
 
 
-def main() -> None:
-    """Console entry point: turn library errors into one line and an exit code."""
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """click's UsageError and ClickException, wherever this typer keeps click."""
+    classes = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return classes["UsageError"], classes["ClickException"]
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point: every error becomes one ``mmsearch: error: ...`` line and an exit code."""
+    usage_error, click_exception = _click_errors()
     try:
-        app()
+        code = app(args=list(args) if args is not None else None, prog_name="mmsearch", standalone_mode=False)
     except MMSearchError as exc:
-        _say(f"mmsearch: error: {exc}")
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `mmsearch`: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "mmsearch"
+        _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
+    except click_exception as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
+    except OSError as exc:  # the environment said no: permissions, a full disk, a vanished folder
+        _fail(str(exc), 1)
     except KeyboardInterrupt:
+        code = 130
+    if code == 130:
         _say("mmsearch: interrupted; the index keeps its last committed state")
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    _say(f"mmsearch: error: {' '.join(message.split())}")
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ changes, so one ``Index`` serves many threads at once.
 from __future__ import annotations
 
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -28,18 +26,18 @@ from mmsearch.errors import (
     ShardDamagedError,
     UserInputError,
 )
-from mmsearch.ingest import pipeline
-from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
-from mmsearch.ingest.discover import MODALITIES, FoundFile, absolute, check_roots, walk
-from mmsearch.ingest.plan import make_plan, mtime_us
+from mmsearch.ingest.add import AddOptions, AddSummary, add_files
+from mmsearch.ingest.discover import MODALITIES, absolute
+from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
-from mmsearch.models.base import Encoder
+from mmsearch.models.base import Encoder, l2_normalise
 from mmsearch.search import embed, searcher
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
+from mmsearch.store import recipes
 from mmsearch.store.manifest import Manifest
-from mmsearch.store.recipes import check_recipe
+from mmsearch.store.schema import vector_rows
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
 
@@ -71,37 +69,6 @@ class SearchResult:
         }
 
 
-@dataclass
-class AddSummary:
-    """What an ``add`` did, in files (``vectors`` counts passages/windows too).
-
-    ``failed`` lists (path, reason) for files that could not be read this time and
-    ``previously_failed`` counts files that still fail as before; ``unsupported``
-    counts files of modalities the index's model cannot embed, ``skipped`` files of
-    types that cannot be indexed (reason -> count); ``repaired`` names damaged shards
-    that were dropped so that their files are embedded again.
-    """
-
-    index: str
-    found: int = 0
-    embedded: int = 0
-    vectors: int = 0
-    reused: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    previously_failed: int = 0
-    unsupported: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
-    repaired: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
-        return data
-
-
 class Index:
     """A sharded, incrementally updatable cross-modal vector index on disk."""
 
@@ -121,26 +88,39 @@ class Index:
         path: str | Path,
         model: str | None = None,
         *,
+        dim: int | None = None,
         shard_size: int = DEFAULT_SHARD_SIZE,
         recipe: str = "auto",
         device: str | None = None,
         encoder: Encoder | None = None,
     ) -> Index:
-        """Create an empty index for ``model`` (default: :func:`registry.default_model`)."""
+        """Create an empty index for ``model`` (default: :func:`registry.default_model`).
+
+        With ``dim`` and no model, the index holds vectors only: fed by
+        :meth:`add_vectors` and queried with vectors, whatever model made them.
+        """
         path = Path(path)
         if manifest_io.exists(path):
             raise UserInputError(f"an index already exists at {path}")
         if shard_size < 1:
             raise UserInputError("shard size must be at least 1")
-        encoder = encoder or registry.load_encoder(model or registry.default_model(), device)
-        manifest = Manifest(
-            model=encoder.spec,
-            space_id=encoder.space_id,
-            audio_space_id=encoder.audio_space_id,
-            dim=encoder.dim,
-            recipe=check_recipe(recipe),
-            shard_size=shard_size,
-        )
+        if dim is not None and (model is not None or encoder is not None):
+            raise UserInputError("give a model or a dim, not both (with a model, the dimension is the model's)")
+        if dim is not None:
+            if dim < 1:
+                raise UserInputError("dim must be at least 1")
+            spec = dict(model=None, space_id=f"vectors:{dim}", dim=dim, inputs=None)
+        else:
+            encoder = encoder or registry.load_encoder(model or registry.default_model(), device)
+            spec = dict(
+                model=encoder.spec,
+                space_id=encoder.space_id,
+                audio_space_id=encoder.audio_space_id,
+                dim=encoder.dim,
+                inputs=inputs_of(encoder),
+            )
+        recipes.resolve(recipe, 0, spec["dim"])  # a bad recipe fails here, not at the first seal
+        manifest = Manifest(**spec, recipe=recipe, shard_size=shard_size)
         with ShardWriter(path, manifest):
             pass
         return cls(path, encoder, device)
@@ -185,21 +165,21 @@ class Index:
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
+                    if self._manifest.model is None:
+                        raise UserInputError(
+                            f"index {self.path} holds vectors only (created with dim={self._manifest.dim}, no model); "
+                            "query it with a vector"
+                        )
                     encoder = registry.load_encoder(self._manifest.model, self.device)
                     self._check_space(encoder)
                     self._encoder = encoder
         return self._encoder
 
-    def _check_space(self, encoder: Encoder, manifest: Manifest | None = None) -> None:
-        """Refuse an encoder of another space than the index's (latest ``manifest`` if given)."""
-        manifest = manifest or self._manifest
-        expected = (manifest.space_id, manifest.audio_space_id or encoder.audio_space_id)
-        for wanted, actual in zip(expected, (encoder.space_id, encoder.audio_space_id)):
-            if wanted != actual:
-                raise ModelMismatchError(
-                    f"index {self.path} holds vectors of space {wanted}, but model "
-                    f"{encoder.spec!r} embeds into {actual}; use the model the index was built with"
-                )
+    def _check_space(self, encoder: Encoder) -> None:
+        try:
+            self._manifest.check_encoder(encoder)
+        except ModelMismatchError as exc:
+            raise ModelMismatchError(f"index {self.path}: {exc}") from None
 
     def refresh(self) -> Snapshot:
         """Pick up a newer generation committed by a writer (a ``stat`` when there is none)."""
@@ -232,80 +212,54 @@ class Index:
         too); excluded files are treated as absent. A file that cannot be decoded is
         skipped and reported in the summary (and in the ``failures`` SQL view); it never
         stops the batch. A damaged shard found on the way is dropped and its files are
-        embedded again.
+        embedded again. The model is loaded only if something must be embedded.
         """
-        started = time.perf_counter()
-        roots = check_roots(paths)
-        if workers is not None and workers < 0:
-            raise UserInputError("workers must be 0 (decode in-process) or more")
-        summary = AddSummary(index=str(self.path))
-        encoder = self.encoder
-        options = pipeline.decode_options(encoder, text_column, id_column)
-        with ShardWriter(self.path) as writer:
-            self._check_space(encoder, writer.manifest)
-            writer.manifest.audio_space_id = writer.manifest.audio_space_id or encoder.audio_space_id
-            summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
-            stored = Snapshot(self.path, writer.manifest, None)
-            catalog = stored.catalog
-            known = catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
-            old_failures = catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
-            found, unreadable, skipped = [], [], Counter()
-            own = [str(self.path.resolve())]
-            for file in walk(roots, exclude=own, unreadable=unreadable, ignore=list(exclude), skipped=skipped):
-                if file.modality in encoder.modalities:
-                    found.append(file)
-                else:
-                    summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
-            summary.skipped = dict(skipped)
-            plan = make_plan(found, known, old_failures, roots, options.fingerprint(), unreadable)
-            summary.seconds["discover"] = round(time.perf_counter() - started, 3)
-
-            stored_vectors, stored_rows = _stored(stored, [i for reuse in plan.reuse for i in reuse.source_ids])
-            for reuse in plan.reuse:
-                at = [stored_rows[i] for i in reuse.source_ids]
-                rows = [dict(stored_rows[i][1]) for i in reuse.source_ids]
-                ids = writer.next_ids(len(rows))
-                for row, new_id in zip(rows, ids):
-                    row.update(_file_fields(reuse.file), id=int(new_id))
-                vectors = stored_vectors[[position for position, _ in at]]
-                writer.append(vectors, rows, plan.replaces.pop(reuse.file.path, ()))
-
-            files = {f.path: f for f in plan.embed}
-
-            def sink(vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
-                ids = writer.next_ids(len(pieces))
-                rows = [_item_row(int(i), files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
-                start = 0
-                for end in range(1, len(pieces) + 1):
-                    decoded, piece = pieces[end - 1]
-                    if end < len(pieces) and pieces[end][0] is decoded:
-                        continue
-                    last = piece is decoded.pieces[-1]
-                    replaced = plan.replaces.pop(decoded.path, ()) if last else ()
-                    writer.append(vectors[start:end], rows[start:end], replaced, group=decoded.path, last=last)
-                    start = end
-
-            result = pipeline.run(plan.embed, encoder, sink, options, workers, progress)
-            writer.tombstone(plan.gone)
-            writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
-            failures = [_failure_row(files[d.path], d.error or "", options) for d in result.failures]
-            writer.set_failures(plan.kept_failures + failures)
-            commit_started = time.perf_counter()
-            writer.commit()
-            summary.seconds |= result.times.as_dict()
-            summary.seconds["write"] = round(summary.seconds["write"] + time.perf_counter() - commit_started, 3)
-
-        summary.found = len(found)
-        summary.embedded = result.embedded_files
-        summary.vectors = result.vectors
-        summary.reused = len(plan.reuse)
-        summary.unchanged = plan.unchanged
-        summary.removed = len(plan.gone)
-        summary.failed = [(d.path, d.error or "") for d in result.failures]
-        summary.previously_failed = len(plan.known_failures)
-        summary.seconds["total"] = round(time.perf_counter() - started, 3)
+        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude))
+        summary = add_files(self.path, paths, lambda: self.encoder, options)
         self.refresh()
         return summary
+
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        metadata: Sequence[dict] | pa.Table,
+        *,
+        modality: str = "image",
+    ) -> np.ndarray:
+        """Add embeddings computed elsewhere; returns their new int64 ids.
+
+        ``vectors``: float32 ``(n, dim)``, L2-normalised here. ``metadata``: one row per
+        vector (dicts or a pyarrow Table) with at least a ``path`` (any string: a file,
+        a URL, an external id); columns of the items schema keep their meaning, others
+        are kept as JSON in ``extra``.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        dim = self._manifest.dim
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise UserInputError(f"vectors must have shape (n, {dim}), not {vectors.shape}")
+        if not np.isfinite(vectors).all() or not np.linalg.norm(vectors, axis=1).all():
+            raise UserInputError("vectors must be finite and non-zero")
+        if modality not in MODALITIES:
+            raise UserInputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        table = vector_rows(metadata, len(vectors), modality)
+        with ShardWriter(self.path) as writer:
+            ids = writer.next_ids(len(vectors))
+            writer.append(l2_normalise(vectors), table.set_column(0, "id", pa.array(ids)))
+            writer.commit()
+        self.refresh()
+        return ids
+
+    def remove_ids(self, ids: Sequence[int]) -> int:
+        """Delete items by id; returns how many were live (unknown or removed ids are ignored)."""
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        with ShardWriter(self.path) as writer:
+            catalog = Snapshot(self.path, writer.manifest, None).catalog
+            live = catalog.items.column("id").to_numpy()[catalog.positions(wanted)]
+            if len(live):
+                writer.tombstone(live.tolist())
+                writer.commit()
+        self.refresh()
+        return len(live)
 
     def remove(self, paths: Sequence[str | Path]) -> int:
         """Remove every indexed item at or under ``paths`` (which may no longer exist)."""
@@ -386,20 +340,43 @@ class Index:
         if where:
             self._read(lambda snap: snap.catalog.ids_where(where))  # a bad filter fails before the model loads
         query_vector = vector if vector is not None else self.embed_terms(terms)
-        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-        if query_vector.shape != (self._manifest.dim,):
-            raise UserInputError(f"query vector has {query_vector.size} dimensions; the index has {self._manifest.dim}")
+        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score)[0]
 
-        def lookup(snap: Snapshot) -> list[SearchResult]:
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int = 10,
+        where: str | None = None,
+        modality: str = "any",
+        min_score: float | None = None,
+    ) -> list[list[SearchResult]]:
+        """Many vector queries in one vectorised pass: one result list per row of ``vectors``."""
+        if k < 1:
+            raise UserInputError("k must be at least 1")
+        return self._search(np.atleast_2d(vectors), self.result_modality((), modality), k, where, min_score)
+
+    def _search(
+        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None
+    ) -> list[list[SearchResult]]:
+        queries = np.asarray(queries, dtype=np.float32)
+        dim = self._manifest.dim
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise UserInputError(f"query vectors must have {dim} dimensions, not {queries.shape[-1]}")
+        queries = l2_normalise(queries)
+
+        def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             everything_matches = returned == "any" or set(snap.counts()) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            include = snap.catalog.ids_where(condition) if condition else None
             top = min(k, len(snap.catalog))
-            hits = searcher.search(snap.shards, query_vector, top, include, snap.tombstones)
-            if min_score is not None:
-                hits = [hit for hit in hits if hit[0] >= min_score]
-            rows = snap.catalog.rows([i for _, i in hits])
-            return [SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits]
+            found = searcher.search(snap.shards, queries, top, snap.allowed(condition))
+            results = []
+            for hits in found:
+                if min_score is not None:
+                    hits = [hit for hit in hits if hit[0] >= min_score]
+                rows = snap.catalog.rows([i for _, i in hits])
+                results.append([SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits])
+            return results
 
         return self._read(lookup)
 
@@ -479,58 +456,20 @@ class Index:
 
 
 def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(wanted), snap.manifest.dim), dtype=np.float32)
-    found = np.zeros(len(wanted), dtype=bool)
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    out = np.zeros((len(unique), snap.manifest.dim), dtype=np.float32)
+    found = np.zeros(len(unique), dtype=bool)
     for shard in snap.shards:
-        mask = np.isin(wanted, shard.ids) & ~found
-        if mask.any():
-            out[mask] = shard.vectors(wanted[mask])
-            found |= mask
-    missing = ~found | np.isin(wanted, snap.tombstones)
+        rows = shard.rows_of(unique)
+        if len(rows):
+            at = np.searchsorted(unique, shard.ids[rows])
+            out[at], found[at] = shard.vectors(rows), True
+    missing = ~found | np.isin(unique, snap.tombstones)
     if missing.any():
-        raise UserInputError(f"no live item with id {int(wanted[missing][0])}")
-    return out
-
-
-def _stored(snap: Snapshot, ids: list[int]) -> tuple[np.ndarray, dict[int, tuple[int, dict]]]:
-    """Stored vectors of ``ids`` and, per id, (its row in those vectors, its metadata).
-
-    Read before the writer appends anything: appending may pull the last shard
-    out of the manifest into the writer's buffer.
-    """
-    if not ids:
-        return np.empty((0, snap.manifest.dim), np.float32), {}
-    wanted = set(ids)
-    vectors, rows = [], []
-    for shard in snap.shards:
-        shard_vectors, shard_rows = shard.select(wanted)
-        if shard_rows:
-            rows.extend(shard_rows)
-            vectors.append(shard_vectors)
-    if len(rows) != len(wanted):
-        raise IndexFormatError(f"index {snap.dir} lost rows {sorted(wanted - {r['id'] for r in rows})}")
-    return np.concatenate(vectors), {row["id"]: (position, row) for position, row in enumerate(rows)}
+        raise UserInputError(f"no live item with id {int(unique[missing][0])}")
+    return out[inverse]
 
 
 def _combine(*conditions: str | None) -> str | None:
     present = [f"({c})" for c in conditions if c]
     return " AND ".join(present) or None
-
-
-def _file_fields(file: FoundFile) -> dict:
-    return {"path": file.path, "modality": file.modality, "size": file.size, "mtime": mtime_us(file)}
-
-
-def _item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> dict:
-    return {
-        "id": item_id,
-        "content_hash": decoded.content_hash,
-        "pieces": len(decoded.pieces),
-        **_file_fields(file),
-        **decoded.meta,
-        **piece.meta,
-    }
-
-
-def _failure_row(file: FoundFile, reason: str, options: DecodeOptions) -> dict:
-    return {**_file_fields(file), "reason": reason, "options": options.fingerprint()}

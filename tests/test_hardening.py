@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from fakes import CrashAfter, HashEncoder
 from mmsearch import Index
 from mmsearch.errors import FilterError, IndexFormatError, ShardDamagedError, UserInputError
@@ -190,3 +191,13 @@ def test_manifests_written_before_sizes_and_retirement_open(notes) -> None:
     path.write_text(json.dumps(data))
     assert Index.open(idx.path, encoder=HashEncoder()).info()["vectors"] == FILES
     assert idx.add([folder], workers=0).unchanged == FILES
+
+
+def test_repair_command_drops_a_damaged_shard_in_one_line(notes) -> None:
+    idx, _folder, _old = notes
+    (idx.path / "shards" / f"{idx.manifest.shards[0].name}.parquet").write_bytes(b"garbage")
+    broken = run_cli("sql", "SELECT count(*) FROM items", "--index", str(idx.path))
+    assert broken.returncode != 0 and broken.stderr.count("\n") == 1 and "mmsearch repair" in broken.stderr
+    fixed = run_cli("repair", "--index", str(idx.path), "--json")
+    assert fixed.returncode == 0 and len(json.loads(fixed.stdout)["dropped"]) == 1
+    assert run_cli("verify", "--index", str(idx.path)).returncode == 0

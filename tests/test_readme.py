@@ -24,9 +24,7 @@ def test_readme_library_example_runs_as_an_unguarded_script(tmp_path: Path) -> N
     write_image(tmp_path / "q.jpg", COLOURS["red"])
     tone = np.sin(np.linspace(0, 440 * 2 * np.pi, 16_000)).astype(np.float32)
     soundfile.write(tmp_path / "bark.wav", tone, 16_000)
-    run = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    run = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert (tmp_path / "indexes" / "default" / "manifest.json").is_file()

@@ -10,7 +10,7 @@ import numpy as np
 from mmsearch.errors import UserInputError
 from mmsearch.ingest.decode import decode
 from mmsearch.ingest.discover import absolute, decoder_of
-from mmsearch.ingest.pipeline import decode_options
+from mmsearch.ingest.pipeline import decode_options, inputs_of
 from mmsearch.models.base import Encoder, l2_normalise
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -24,7 +24,7 @@ def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
         raise UserInputError(f"not an image or audio file: {path}")
     if not Path(path).is_file():
         raise UserInputError(f"file not found: {path}")
-    decoded = decode(path, decoder, decode_options(encoder, None, None))
+    decoded = decode(path, decoder, decode_options(inputs_of(encoder), None, None))
     if decoded.error is not None:
         raise UserInputError(f"cannot read query {decoder} {path}: {decoded.error}")
     vectors = encoder.embed(decoder, [piece.payload for piece in decoded.pieces])

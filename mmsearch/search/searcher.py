@@ -1,67 +1,82 @@
-"""Fan a query out over shards and merge the per-shard top-k exactly.
+"""Fan queries out over shards and merge the per-shard top-k exactly.
 
-Without a filter, tombstoned ids are excluded inside FAISS with an id selector.
-With a filter (an explicit id set), flat shards search with an id selector (exact);
-graph (HNSW) shards score a selective set exactly against the stored vectors, since
-a selector that rejects most of the graph starves its search, and take a broad set
-as a selector. Shards hold CPU FAISS indexes, which honour selectors (GPU indexes
+Each shard gets a mask of the rows it may return (live rows, narrowed by a filter),
+which reaches FAISS as an ``IDSelectorBitmap`` over row numbers. A small allowed
+set is scored exactly against the stored vectors instead: the cost is then what
+the filter lets through, and an ANN index never starves on a selective filter. On
+approximate indexes a large but partial set widens nprobe/efSearch by the inverse
+of its share. Shards hold CPU FAISS indexes, which honour selectors (GPU indexes
 would silently ignore them).
 """
 
 from __future__ import annotations
 
-import heapq
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
 
+from mmsearch.store import recipes
 from mmsearch.store.shard import Shard
 
-EXACT_FILTER_MAX = 50_000  # filtered sets up to this size are scored exactly on graph shards
+EXACT_MAX = 20_000  # allowed rows up to this many are scored exactly on approximate shards
+EXACT_SHARE = 0.5  # on exact shards, below this share a gather beats a masked full scan
+MAX_WIDEN = 16.0
 Hit = tuple[float, int]
+_POOL = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="mmsearch-shard")
 
 
-def _search_shard(
-    shard: Shard, query: np.ndarray, k: int, include: np.ndarray | None, exclude: np.ndarray
-) -> list[Hit]:
-    if include is not None:
-        ids = include[np.isin(include, shard.ids)]
-        if len(ids) == 0:
-            return []
-        if shard.info.recipe != "flat" and len(ids) <= EXACT_FILTER_MAX:
-            scores = shard.vectors(ids) @ query
-            top = np.argsort(-scores)[:k]
-            return [(float(scores[i]), int(ids[i])) for i in top]
-        selector = faiss.IDSelectorBatch(ids)
-    elif len(exclude):
-        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude))
-    else:
-        selector = None
-    scores, ids = shard.search(query[None, :], k, selector)
-    return [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+def _search_shard(shard: Shard, queries: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (nq, ≤k), for one shard; id -1 marks an empty slot."""
+    widen = 1.0
+    selector = None
+    if mask is not None:
+        allowed = int(np.count_nonzero(mask))
+        if allowed == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        share = allowed / len(mask)
+        exact = recipes.is_exact(shard.info.recipe)
+        if allowed <= k or (share < EXACT_SHARE if exact else allowed <= EXACT_MAX):
+            return _score_rows(shard, queries, k, np.flatnonzero(mask))
+        widen = 1.0 if exact else min(1.0 / share, MAX_WIDEN)
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        selector.bits_owner = bits  # the selector reads this memory during the search
+    scores, rows = shard.search(queries, k, selector, widen)
+    return scores, np.where(rows >= 0, shard.ids[np.maximum(rows, 0)], -1)
+
+
+def _score_rows(shard: Shard, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ shard.vectors(rows).T
+    top = min(k, len(rows))
+    best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+    return np.take_along_axis(scores, best, axis=1), shard.ids[rows][best]
 
 
 def search(
-    shards: Sequence[Shard],
-    query: np.ndarray,
-    k: int,
-    include: np.ndarray | None = None,
-    exclude: np.ndarray | None = None,
-) -> list[Hit]:
-    """Top-``k`` (score, id) pairs over all shards, best first.
+    shards: Sequence[Shard], queries: np.ndarray, k: int, masks: Sequence[np.ndarray | None] | None = None
+) -> list[list[Hit]]:
+    """Per query, the top-``k`` (score, id) pairs over all shards, best first (ties: lower id).
 
-    ``include``: only these ids may be returned (already free of tombstones).
-    ``exclude``: ids never returned (tombstones).
+    ``masks[i]``: the rows of ``shards[i]`` that may be returned (``None``: all).
     """
-    query = np.ascontiguousarray(query, dtype=np.float32)
-    exclude = np.asarray(exclude if exclude is not None else [], dtype=np.int64)
-    if include is not None:
-        include = np.unique(np.asarray(include, dtype=np.int64))
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if not shards or k <= 0:
-        return []
-    with ThreadPoolExecutor(max_workers=min(len(shards), 8)) as pool:
-        parts = pool.map(lambda shard: _search_shard(shard, query, k, include, exclude), shards)
-        hits = [hit for part in parts for hit in part]
-    return heapq.nlargest(k, hits, key=lambda hit: (hit[0], -hit[1]))
+        return [[] for _ in queries]
+    masks = masks if masks is not None else [None] * len(shards)
+    jobs = list(zip(shards, masks))
+    if len(jobs) == 1:
+        parts = [_search_shard(jobs[0][0], queries, k, jobs[0][1])]
+    else:
+        parts = list(_POOL.map(lambda job: _search_shard(job[0], queries, k, job[1]), jobs))
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    results = []
+    for q_scores, q_ids in zip(scores, ids):
+        valid = q_ids >= 0
+        q_scores, q_ids = q_scores[valid], q_ids[valid]
+        order = np.lexsort((q_ids, -q_scores))[:k]
+        results.append([(float(q_scores[i]), int(q_ids[i])) for i in order])
+    return results

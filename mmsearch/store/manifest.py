@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch.errors import IndexFormatError, IndexNotFoundError
+from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError
 from mmsearch.store.atomic import atomic_write, atomic_write_bytes
 
 FORMAT_VERSION = 2
@@ -66,6 +66,7 @@ class Manifest:
     shard_size: int
     metric: str = "inner_product"
     audio_space_id: str | None = None
+    inputs: dict | None = None  # modalities and decode settings of the model (None: vector-only or unknown)
     shards: list[ShardInfo] = field(default_factory=list)
     deletions: str | None = None  # file in shards/ holding the sorted deleted ids
     deleted: int = 0
@@ -79,6 +80,16 @@ class Manifest:
     updated_at: str = field(default_factory=lambda: _now())
 
     tombstones: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)
+
+    def check_encoder(self, encoder: object) -> None:
+        """Refuse an encoder (``spec``, ``space_id``, ``audio_space_id``) of another space."""
+        audio = getattr(encoder, "audio_space_id", None)
+        for wanted, actual in ((self.space_id, encoder.space_id), (self.audio_space_id or audio, audio)):
+            if wanted != actual:
+                raise ModelMismatchError(
+                    f"this index holds vectors of space {wanted}, but model {encoder.spec!r} embeds into "
+                    f"{actual}; use the model the index was built with"
+                )
 
     def to_json(self) -> bytes:
         data = asdict(self)

@@ -6,6 +6,9 @@ apply) so adding a modality never needs a migration.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 ITEM_SCHEMA = pa.schema(
@@ -59,3 +62,33 @@ def conform_items(table: pa.Table) -> pa.Table:
 def items_table(rows: list[dict]) -> pa.Table:
     """Build an items table from row dicts; missing columns become null, unknown keys are ignored."""
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+
+
+def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) -> pa.Table:
+    """Items rows for vectors brought by the caller: a ``path`` per row is required,
+    known columns are cast to the schema, unknown ones are kept as JSON in ``extra``."""
+    from mmsearch.errors import UserInputError
+
+    table = metadata if isinstance(metadata, pa.Table) else pa.Table.from_pylist(list(metadata))
+    if table.num_rows != count:
+        raise UserInputError(f"{table.num_rows} metadata rows for {count} vectors")
+    if "path" not in table.column_names or table.column("path").null_count:
+        raise UserInputError("every metadata row needs a path (a file, a URL or an external id)")
+    if "id" in table.column_names:
+        raise UserInputError("metadata must not carry an id column: the index assigns ids")
+    unknown = [name for name in table.column_names if name not in ITEM_SCHEMA.names]
+    columns = {}
+    for f in ITEM_SCHEMA:
+        if f.name == "modality":
+            columns[f.name] = pa.array([modality] * count, f.type)
+        elif f.name == "extra" and unknown:
+            rows = table.select(unknown).to_pylist()
+            columns[f.name] = pa.array([json.dumps(row, default=str) for row in rows], f.type)
+        elif f.name in table.column_names:
+            try:
+                columns[f.name] = table.column(f.name).cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise UserInputError(f"metadata column {f.name!r} must be {f.type}: {exc}") from None
+        else:
+            columns[f.name] = pa.nulls(count, f.type)
+    return pa.table(columns, schema=ITEM_SCHEMA)

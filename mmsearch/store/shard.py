@@ -36,26 +36,31 @@ def parquet_path(index_dir: Path, name: str) -> Path:
 
 
 def seal(index_dir: Path, name: str, recipe: str, vectors: np.ndarray, table: pa.Table) -> ShardInfo:
-    """Write both files of a shard atomically and return its manifest entry."""
-    concrete = recipes.concrete_recipe(recipe, len(table))
-    ids = table.column("id").to_numpy()
-    index = recipes.build(concrete, vectors, ids)
+    """Build, tune and write both files of a shard atomically; return its manifest entry.
+
+    Row i of the FAISS index is row i of the Parquet file, which holds the ids.
+    """
+    factory = recipes.resolve(recipe, len(table), vectors.shape[1])
+    index = recipes.build(factory, vectors)
+    tuning = recipes.tune(index, factory, vectors)
     fpath, ppath = faiss_path(index_dir, name), parquet_path(index_dir, name)
     atomic_write(fpath, lambda tmp: faiss.write_index(index, str(tmp)))
     atomic_write(ppath, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     return ShardInfo(
         name,
         len(table),
-        concrete,
+        factory,
         file_digest(fpath),
         file_digest(ppath),
         fpath.stat().st_size,
         ppath.stat().st_size,
+        dict(tuning.params),
+        round(tuning.recall, 4),
     )
 
 
 class Shard:
-    """Read access to one sealed shard; the FAISS file is loaded on first use.
+    """Read access to one sealed shard; files are loaded on first use.
 
     Safe to share between threads: loading happens once under a lock, and FAISS CPU
     searches on a loaded index are read-only. A missing or unreadable file raises
@@ -67,58 +72,77 @@ class Shard:
         self.faiss_file = faiss_path(index_dir, info.name)
         self.parquet_file = parquet_path(index_dir, info.name)
         self._lock = threading.Lock()
-        self._index: faiss.IndexIDMap2 | None = None
+        self._index: faiss.Index | None = None
         self._ids: np.ndarray | None = None
+        self._order: np.ndarray | None = None
 
     @property
-    def index(self) -> faiss.IndexIDMap2:
+    def index(self) -> faiss.Index:
+        """The bare FAISS index (shards of format 1 are unwrapped from their IDMap2)."""
         if self._index is None:
             with self._lock:
                 if self._index is None:
                     self._index = self._read_faiss()
         return self._index
 
-    def _read_faiss(self) -> faiss.IndexIDMap2:
+    def _read_faiss(self) -> faiss.Index:
         try:
-            index = faiss.read_index(str(self.faiss_file))
+            index, _ = recipes.unwrap(faiss.read_index(str(self.faiss_file)))
         except RuntimeError as exc:
             raise ShardDamagedError(self.faiss_file, str(exc).strip().splitlines()[-1]) from None
-        if index.ntotal != self.info.rows or not hasattr(index, "id_map"):
-            raise ShardDamagedError(
-                self.faiss_file, f"holds {index.ntotal} vectors, the manifest says {self.info.rows}"
-            )
+        if index.ntotal != self.info.rows:
+            raise ShardDamagedError(self.faiss_file, f"{index.ntotal} vectors, the manifest says {self.info.rows}")
         return index
 
     @property
     def ids(self) -> np.ndarray:
+        """Item ids by row (read from the Parquet file's id column)."""
         if self._ids is None:
-            self._ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            with self._lock:
+                if self._ids is None:
+                    self._ids = self._read_table(columns=["id"]).column("id").to_numpy().astype(np.int64)
         return self._ids
 
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row numbers of those ``ids`` that live in this shard."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[self._order]
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        hit = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return np.sort(self._order[at[hit]])
+
     def search(
-        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None
+        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None, widen: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query; missing slots have id -1."""
-        params = recipes.search_params(self.info.recipe, selector)
+        """Top-``k`` (scores, rows) per query; missing slots have row -1. ``widen`` scales
+        the tuned nprobe/efSearch (a selective filter leaves fewer candidates per probe)."""
+        params = recipes.search_params(self.info.recipe, _widened(self.info.params, widen), selector)
         return self.index.search(queries, min(k, self.info.rows), params=params)
 
-    def vectors(self, ids: np.ndarray | None = None) -> np.ndarray:
-        """Stored vectors for ``ids`` (all of them, in id-map order, when ``None``)."""
-        if ids is None:
-            return self.index.index.reconstruct_n(0, self.index.ntotal)
-        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+    def vectors(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Stored vectors of ``rows`` (all of them, in row order, when ``None``)."""
+        rows = np.arange(self.info.rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        return recipes.reconstruct(self.index, rows)
 
-    def table(self) -> pa.Table:
-        """The shard's metadata in the current items schema."""
+    def _read_table(self, columns: list[str] | None = None) -> pa.Table:
         try:
-            table = pq.read_table(self.parquet_file)
+            table = pq.read_table(self.parquet_file, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise ShardDamagedError(self.parquet_file, str(exc)) from None
         if table.num_rows != self.info.rows:
-            raise ShardDamagedError(
-                self.parquet_file, f"holds {table.num_rows} rows, the manifest says {self.info.rows}"
-            )
-        return conform_items(table)
+            raise ShardDamagedError(self.parquet_file, f"{table.num_rows} rows, the manifest says {self.info.rows}")
+        return table
+
+    def table(self) -> pa.Table:
+        """The shard's metadata in the current items schema."""
+        return conform_items(self._read_table())
+
+    def select(self, ids: Iterable[int], *, exclude: bool = False) -> tuple[np.ndarray, pa.Table]:
+        """Vectors and aligned metadata of this shard's ids in ``ids`` (not in them, with ``exclude``)."""
+        keep = np.isin(self.ids, np.fromiter(ids, dtype=np.int64)) != exclude
+        rows = np.flatnonzero(keep)
+        return self.vectors(rows), self.table().take(pa.array(rows))
 
     def problem(self, *, checksums: bool = False) -> str | None:
         """Why this shard is unusable, or ``None``. Cheap by default (presence, sizes,
@@ -142,9 +166,8 @@ class Shard:
             return f"{self.parquet_file}: holds {rows} rows, the manifest says {self.info.rows}"
         return None
 
-    def select(self, ids: Iterable[int], *, exclude: bool = False) -> tuple[np.ndarray, list[dict]]:
-        """Vectors and aligned metadata rows of this shard's ids in ``ids`` (not in them, with ``exclude``)."""
-        table = self.table()
-        own = table.column("id").to_numpy()
-        keep = np.isin(own, np.fromiter(ids, dtype=np.int64)) != exclude
-        return self.vectors(own[keep]), table.filter(pa.array(keep)).to_pylist()
+
+def _widened(params: dict[str, float], factor: float) -> dict[str, float]:
+    if factor <= 1.0:
+        return params
+    return {key: (value * factor if key in ("nprobe", "efSearch") else value) for key, value in params.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ class Snapshot:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._counts: dict[str, int] | None = None
+        self._live: list[np.ndarray | None] | None = None
+        self.allowed = lru_cache(maxsize=8)(self._allowed)
 
     @classmethod
     def load(cls, index_dir: Path, previous: Snapshot | None = None) -> Snapshot:
@@ -90,6 +93,25 @@ class Snapshot:
             return pq.read_table(path).cast(FAILURE_SCHEMA)
         except (OSError, pa.ArrowException) as exc:
             raise ShardDamagedError(path, str(exc)) from None
+
+    def live(self) -> list[np.ndarray | None]:
+        """Per shard, a mask of its rows that are not deleted (``None``: all of them)."""
+        if self._live is None:
+            self._live = [
+                mask if not (mask := ~np.isin(shard.ids, self.tombstones)).all() else None for shard in self.shards
+            ]
+        return self._live
+
+    def _allowed(self, condition: str | None) -> list[np.ndarray | None]:
+        """Per shard, the rows a search may return: live and matching ``condition`` (a
+        SQL expression over ``items``), evaluated once per generation and cached."""
+        if condition is None:
+            return self.live()
+        ids = self.catalog.ids_where(condition)  # live ids only
+        masks = [np.isin(shard.ids, ids) for shard in self.shards]
+        for mask in masks:
+            mask.setflags(write=False)
+        return masks
 
     def counts(self) -> dict[str, int]:
         """Live items per modality."""

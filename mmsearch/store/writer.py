@@ -2,8 +2,11 @@
 
 Rows accumulate until a shard is full, then the shard is sealed and the manifest
 committed, so a long ingest checkpoints as it goes and a crash loses at most one
-unsealed shard (re-running ``index`` resumes). A partly filled last shard is
-merged into the next shard written, keeping the shard count low.
+unsealed shard (re-running ``index`` resumes). Each commit seals what is left as a
+small segment of its own: an append never rewrites a big shard. Small segments are
+merged by a size-tiered policy (Lucene's): when ``MERGE_FACTOR`` segments share a
+size tier (1-9 rows, 10-99, ...), they are rewritten as one, without their deleted
+rows, so a row is rewritten only a logarithmic number of times.
 
 Visibility is per group (a file's rows): a group's rows, and the tombstones of the
 rows they replace, become visible together in the first commit where every row of
@@ -17,7 +20,9 @@ previous generation may still read them. They are deleted by a later writer once
 
 from __future__ import annotations
 
+import math
 import time
+from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +35,12 @@ from mmsearch.errors import UserInputError
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.atomic import TMP_SUFFIX, atomic_write
 from mmsearch.store.lock import WriterLock
-from mmsearch.store.manifest import Manifest
-from mmsearch.store.schema import FAILURE_SCHEMA, items_table
+from mmsearch.store.manifest import Manifest, ShardInfo
+from mmsearch.store.schema import FAILURE_SCHEMA, conform_items, items_table
 from mmsearch.store.shard import SHARDS_DIR, Shard, seal, shard_name
 
 RETIRE_GRACE_S = 600.0
+MERGE_FACTOR = 10
 
 
 @dataclass
@@ -59,7 +65,8 @@ class ShardWriter:
         self._initial = manifest
         self.manifest: Manifest
         self._vectors: list[np.ndarray] = []
-        self._rows: list[dict] = []
+        self._tables: list[pa.Table] = []
+        self._buffered = 0
         self._open_groups: dict[Hashable, _Group] = {}
         self._closed_groups: list[_Group] = []
         self._sealed_ids: list[np.ndarray] = []
@@ -67,7 +74,6 @@ class ShardWriter:
         self._superseded: set[int] = set()
         self._committed_names: set[str] = set()
         self._base_tombstones: set[int] | None = None
-        self._merged_tail = False
 
     def __enter__(self) -> ShardWriter:
         if self.dir.exists() and not self.dir.is_dir():
@@ -92,7 +98,7 @@ class ShardWriter:
 
     @property
     def buffered(self) -> int:
-        return len(self._rows)
+        return self._buffered
 
     def next_ids(self, count: int) -> np.ndarray:
         """Reserve ``count`` fresh int64 ids."""
@@ -103,35 +109,45 @@ class ShardWriter:
     def append(
         self,
         vectors: np.ndarray,
-        rows: list[dict],
+        rows: list[dict] | pa.Table,
         replaces: Iterable[int] = (),
         *,
         group: Hashable | None = None,
         last: bool = True,
     ) -> None:
-        """Add rows (ids already set) that supersede the ids in ``replaces``.
+        """Add metadata rows (ids already set; dicts or an items table) and their vectors,
+        superseding the ids in ``replaces``.
 
         Rows of one ``group`` (e.g. a file's passages) may come in several calls; the
         group is complete with the call where ``last`` is true, and becomes visible,
         replacing what it supersedes, once all its rows are sealed.
         """
-        self._merge_tail()
         self._stage(vectors, rows, replaces, group, last)
+        self._seal_full()
+
+    def _seal_full(self) -> None:
         while self.buffered >= self.manifest.shard_size:
             self._seal(self.manifest.shard_size)
             if self.checkpoints:
                 self._publish()
 
     def _stage(
-        self, vectors: np.ndarray, rows: list[dict], replaces: Iterable[int], group: Hashable | None, last: bool
+        self,
+        vectors: np.ndarray,
+        rows: list[dict] | pa.Table,
+        replaces: Iterable[int],
+        group: Hashable | None,
+        last: bool,
     ) -> None:
         key = object() if group is None else group
         pending = self._open_groups.setdefault(key, _Group())
         pending.replaces.extend(replaces)
-        if rows:
+        table = conform_items(rows) if isinstance(rows, pa.Table) else items_table(rows)
+        if table.num_rows:
             self._vectors.append(np.asarray(vectors, dtype=np.float32))
-            self._rows.extend(rows)
-            pending.ids.append(np.fromiter((row["id"] for row in rows), dtype=np.int64, count=len(rows)))
+            self._tables.append(table)
+            self._buffered += table.num_rows
+            pending.ids.append(table.column("id").to_numpy().astype(np.int64))
         if last:
             self._closed_groups.append(self._open_groups.pop(key))
 
@@ -169,17 +185,42 @@ class ShardWriter:
         Returns the old shards and tombstones so the caller can copy the live rows.
         """
         shards = [Shard(self.dir, info) for info in self.manifest.shards]
-        dead = set(self.manifest.tombstones)
-        self.manifest.shards, self.manifest.tombstones = [], []
+        dead = set(self.manifest.tombstones.tolist())
+        self.manifest.shards, self.manifest.tombstones = [], np.empty(0, np.int64)
         self._base_tombstones = set()
-        self._merged_tail = True
         return shards, dead
 
     def commit(self) -> None:
-        """Seal buffered rows into a shard and make every change visible atomically."""
-        if self._rows:
-            self._seal(len(self._rows))
+        """Seal buffered rows into a segment and make every change visible atomically;
+        then merge small segments if a size tier is full (committed again)."""
+        if self._buffered:
+            self._seal(self._buffered)
         self._publish()
+        if self.checkpoints:
+            while self._merge_tier():
+                self._publish()
+
+    def _merge_tier(self) -> bool:
+        """Rewrite the segments of the smallest full size tier as one; False if none is full."""
+        tiers: dict[int, list[ShardInfo]] = defaultdict(list)
+        for info in self.manifest.shards:
+            tiers[int(math.log(max(info.rows, 1), MERGE_FACTOR))].append(info)
+        full = [group for _, group in sorted(tiers.items()) if len(group) >= MERGE_FACTOR]
+        if not full or sum(info.rows for info in full[0]) > self.manifest.shard_size * MERGE_FACTOR:
+            return False
+        group = full[0]
+        dead = self._base_tombstones | self._superseded
+        for info in group:
+            vectors, rows = Shard(self.dir, info).select(dead, exclude=True)
+            self.manifest.shards.remove(info)
+            gone = set(Shard(self.dir, info).ids.tolist())
+            self._base_tombstones -= gone
+            self._superseded -= gone
+            self._stage(vectors, rows, (), None, True)
+        self._seal_full()
+        if self._buffered:
+            self._seal(self._buffered)
+        return True
 
     def _publish(self) -> None:
         """Replace the manifest: complete, sealed groups become visible, the rest stays hidden."""
@@ -203,29 +244,16 @@ class ShardWriter:
 
     def _seal(self, count: int) -> None:
         vectors = np.concatenate(self._vectors)
+        rows = pa.concat_tables(self._tables)
         name = shard_name(self.manifest.next_shard)
         self.manifest.next_shard += 1
-        table = items_table(self._rows[:count])
+        table = rows.slice(0, count).combine_chunks()
         info = seal(self.dir, name, self.manifest.recipe, vectors[:count], table)
         self.manifest.shards.append(info)
         self._sealed_ids.append(table.column("id").to_numpy().astype(np.int64))
         self._vectors = [vectors[count:]] if count < len(vectors) else []
-        self._rows = self._rows[count:]
-
-    def _merge_tail(self) -> None:
-        """Pull a partly filled last shard into the buffer, minus its tombstoned rows."""
-        if self._merged_tail:
-            return
-        self._merged_tail = True
-        shards = self.manifest.shards
-        if not shards or shards[-1].rows >= self.manifest.shard_size:
-            return
-        tail = Shard(self.dir, shards.pop())
-        dead = set(self.manifest.tombstones)
-        vectors, rows = tail.select(dead, exclude=True)
-        self.manifest.tombstones = sorted(dead - set(tail.ids.tolist()))
-        self._base_tombstones = set(self.manifest.tombstones)
-        self._stage(vectors, rows, (), None, True)
+        self._tables = [rows.slice(count)] if count < rows.num_rows else []
+        self._buffered -= count
 
     def _retire(self) -> None:
         """Record files the last committed generation named and this one does not."""

@@ -1,0 +1,206 @@
+"""The add use case: one writer session that discovers, plans, reuses, embeds and commits.
+
+The encoder is loaded only when something must be embedded: the decode settings a
+plan needs are recorded in the manifest, so a no-op re-index never pays for a
+model load. A file's rows become visible together (see the writer), so a crash at
+any point leaves each file present exactly once, in its old or new version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch.errors import IndexFormatError, UserInputError
+from mmsearch.ingest import pipeline
+from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
+from mmsearch.ingest.discover import FoundFile, check_roots, walk
+from mmsearch.ingest.plan import make_plan, mtime_us
+from mmsearch.models.base import Encoder
+from mmsearch.store.snapshot import Snapshot
+from mmsearch.store.writer import ShardWriter
+
+
+@dataclass
+class AddSummary:
+    """What an ``add`` did, in files (``vectors`` counts passages/windows too).
+
+    ``failed`` lists (path, reason) for files that could not be read this time and
+    ``previously_failed`` counts files that still fail as before; ``unsupported``
+    counts files of modalities the index's model cannot embed, ``skipped`` files of
+    types that cannot be indexed (reason -> count); ``repaired`` names damaged shards
+    that were dropped so that their files are embedded again. ``seconds`` has the
+    time per stage: discover, load (the model, only when needed), decode, encode, write.
+    """
+
+    index: str
+    found: int = 0
+    embedded: int = 0
+    vectors: int = 0
+    reused: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    previously_failed: int = 0
+    unsupported: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    repaired: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
+        return data
+
+
+@dataclass(frozen=True)
+class AddOptions:
+    """How to add: decode workers, progress bar, caption-table columns, exclusions."""
+
+    workers: int | None = None
+    progress: bool = False
+    text_column: str | None = None
+    id_column: str | None = None
+    exclude: Sequence[str] = ()
+
+
+def add_files(
+    index_dir: Path, paths: Sequence[str | Path], load_encoder: Callable[[], Encoder], options: AddOptions
+) -> AddSummary:
+    """Bring the index at ``index_dir`` up to date with the files under ``paths``.
+
+    ``load_encoder`` returns the index's encoder, checked against its space; it is
+    called only when a file must be embedded.
+    """
+    started = time.perf_counter()
+    roots = check_roots(paths)
+    if options.workers is not None and options.workers < 0:
+        raise UserInputError("workers must be 0 (decode in-process) or more")
+    summary = AddSummary(index=str(index_dir))
+    with ShardWriter(index_dir) as writer:
+        manifest = writer.manifest
+        summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
+        encoder = None
+        if manifest.inputs is None:  # an index from before inputs were recorded
+            encoder = _loaded(load_encoder, summary, manifest)
+        decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column)
+        stored = Snapshot(index_dir, manifest, None)
+        known = stored.catalog.table(
+            "SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items"
+        )
+        old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
+        found, unreadable, skipped = [], [], Counter()
+        own = [str(Path(index_dir).resolve())]
+        for file in walk(roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped):
+            if file.modality in manifest.inputs["modalities"]:
+                found.append(file)
+            else:
+                summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
+        summary.skipped = dict(skipped)
+        plan = make_plan(found, known, old_failures, roots, decoding.fingerprint(), unreadable)
+        summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
+
+        _reuse(writer, stored, plan.reuse, plan.replaces)
+        result = pipeline.IngestResult()
+        if plan.embed:
+            encoder = encoder or _loaded(load_encoder, summary, manifest)
+            sink = _Sink(writer, {f.path: f for f in plan.embed}, plan.replaces)
+            result = pipeline.run(plan.embed, encoder, sink, decoding, options.workers, options.progress)
+        writer.tombstone(plan.gone)
+        writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
+        files = {f.path: f for f in plan.embed}
+        failures = [_failure_row(files[d.path], d.error or "", decoding) for d in result.failures]
+        writer.set_failures(plan.kept_failures + failures)
+        commit_started = time.perf_counter()
+        writer.commit()
+        summary.seconds |= result.times.as_dict()
+        summary.seconds["write"] = round(summary.seconds["write"] + time.perf_counter() - commit_started, 3)
+
+    summary.found = len(found)
+    summary.embedded = result.embedded_files
+    summary.vectors = result.vectors
+    summary.reused = len(plan.reuse)
+    summary.unchanged = plan.unchanged
+    summary.removed = len(plan.gone)
+    summary.failed = [(d.path, d.error or "") for d in result.failures]
+    summary.previously_failed = len(plan.known_failures)
+    summary.seconds["total"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _loaded(load_encoder: Callable[[], Encoder], summary: AddSummary, manifest) -> Encoder:
+    """Load the encoder (timed as the ``load`` stage) and record what decoding needs."""
+    started = time.perf_counter()
+    encoder = load_encoder()
+    manifest.check_encoder(encoder)
+    manifest.audio_space_id = manifest.audio_space_id or encoder.audio_space_id
+    manifest.inputs = pipeline.inputs_of(encoder)
+    summary.seconds["load"] = round(time.perf_counter() - started, 3)
+    return encoder
+
+
+def _reuse(writer: ShardWriter, stored: Snapshot, reuses: list, replaces: dict[str, list[int]]) -> None:
+    """Copy stored vectors for renamed/copied files under new ids (read before any append)."""
+    wanted = [i for reuse in reuses for i in reuse.source_ids]
+    if not wanted:
+        return
+    vectors, rows = [], []
+    for shard in stored.shards:
+        shard_vectors, shard_rows = shard.select(set(wanted))
+        if shard_rows.num_rows:
+            rows.extend(shard_rows.to_pylist())
+            vectors.append(shard_vectors)
+    if len(rows) != len(set(wanted)):
+        raise IndexFormatError(f"index {writer.dir} lost rows {sorted(set(wanted) - {r['id'] for r in rows})}")
+    by_id = {row["id"]: (position, row) for position, row in enumerate(rows)}
+    stacked = np.concatenate(vectors)
+    for reuse in reuses:
+        positions = [by_id[i][0] for i in reuse.source_ids]
+        copies = [dict(by_id[i][1]) for i in reuse.source_ids]
+        for row, new_id in zip(copies, writer.next_ids(len(copies))):
+            row.update(_file_fields(reuse.file), id=int(new_id))
+        writer.append(stacked[positions], copies, replaces.pop(reuse.file.path, ()))
+
+
+class _Sink:
+    """Receives embedded batches; each file's rows form one visibility group."""
+
+    def __init__(self, writer: ShardWriter, files: dict[str, FoundFile], replaces: dict[str, list[int]]) -> None:
+        self.writer, self.files, self.replaces = writer, files, replaces
+
+    def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
+        ids = self.writer.next_ids(len(pieces))
+        rows = [_item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
+        start = 0
+        for end in range(1, len(pieces) + 1):
+            decoded, piece = pieces[end - 1]
+            if end < len(pieces) and pieces[end][0] is decoded:
+                continue
+            last = piece is decoded.pieces[-1]
+            replaced = self.replaces.pop(decoded.path, ()) if last else ()
+            self.writer.append(vectors[start:end], rows[start:end], replaced, group=decoded.path, last=last)
+            start = end
+
+
+def _file_fields(file: FoundFile) -> dict:
+    return {"path": file.path, "modality": file.modality, "size": file.size, "mtime": mtime_us(file)}
+
+
+def _item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> dict:
+    return {
+        "id": item_id,
+        "content_hash": decoded.content_hash,
+        "pieces": len(decoded.pieces),
+        **_file_fields(file),
+        **decoded.meta,
+        **piece.meta,
+    }
+
+
+def _failure_row(file: FoundFile, reason: str, options: DecodeOptions) -> dict:
+    return {**_file_fields(file), "reason": reason, "options": options.fingerprint()}

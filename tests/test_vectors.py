@@ -1,0 +1,180 @@
+"""Vectors in, vectors out: add_vectors, remove_ids, search_batch, filters, deletions and
+segments on synthetic clustered vectors (no model, no torch), checked against brute force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mmsearch import Index
+from mmsearch.errors import UserInputError
+from mmsearch.store import manifest as manifest_io
+
+DIM = 32
+
+
+def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+    """Unit vectors around 50 fixed centres (shared by every seed, as queries and data are)."""
+    centres = np.random.default_rng(1234).standard_normal((clusters, DIM))
+    rng = np.random.default_rng(seed)
+    vectors = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{"path": f"item-{i}", "width": i % 100, "colour": ["red", "blue"][i % 2]} for i in range(start, start + n)]
+
+
+def brute(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> list[list[int]]:
+    scores = queries @ vectors.T
+    return [ids[np.argsort(-s, kind="stable")[:k]].tolist() for s in scores]
+
+
+def recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module")
+def ivf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Index, np.ndarray, np.ndarray]:
+    """6,000 vectors in two IVF shards and one flat segment."""
+    path = tmp_path_factory.mktemp("ivf") / "index"
+    idx = Index.create(path, dim=DIM, recipe="IVF32,Flat", shard_size=2500)
+    vectors = clustered(6000)
+    ids = idx.add_vectors(vectors, rows(6000))
+    return idx, vectors, ids
+
+
+def test_vector_only_index_round_trip(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    vectors = clustered(300)
+    ids = idx.add_vectors(vectors * 3.0, rows(300))  # normalised on the way in
+    assert ids.tolist() == list(range(300))
+    hit = idx.search(vector=vectors[7], k=1)[0]
+    assert (hit.id, hit.path, round(hit.score, 4)) == (7, "item-7", 1.0)
+    assert json.loads(hit.metadata["extra"]) == {"colour": "blue"} and hit.metadata["width"] == 7
+    with pytest.raises(UserInputError, match="vectors only"):
+        idx.search("a text query")
+    with pytest.raises(UserInputError, match="shape"):
+        idx.add_vectors(np.ones((2, DIM + 1), np.float32), rows(2))
+    with pytest.raises(UserInputError, match="path"):
+        idx.add_vectors(vectors[:2], [{"width": 1}, {"width": 2}])
+
+
+def test_metadata_as_an_arrow_table(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    table = pa.table({"path": ["https://x/a.jpg", "https://x/b.jpg"], "source_id": ["a", "b"]})
+    idx.add_vectors(clustered(2), table, modality="text")
+    assert idx.sql("SELECT path, source_id, modality FROM items ORDER BY id").to_pylist() == [
+        {"path": "https://x/a.jpg", "source_id": "a", "modality": "text"},
+        {"path": "https://x/b.jpg", "source_id": "b", "modality": "text"},
+    ]
+
+
+def test_recipes_are_tuned_and_recorded(ivf) -> None:
+    idx, _, _ = ivf
+    big = [s for s in idx.manifest.shards if s.recipe.startswith("IVF")]
+    assert len(big) == 2 and all(s.recall >= 0.95 and s.params.get("nprobe", 0) >= 1 for s in big)
+
+
+def test_unfiltered_batch_search_matches_brute_force(ivf) -> None:
+    idx, vectors, ids = ivf
+    queries = clustered(50, seed=1)
+    found = [[h.id for h in hits] for hits in idx.search_batch(queries, k=10)]
+    assert recall(found, brute(vectors, ids, queries, 10)) >= 0.95
+    single = [h.id for h in idx.search(vector=queries[3], k=10)]
+    assert single == found[3]
+
+
+FILTERS = {"width = 3": lambda w: w == 3, "width < 10": lambda w: w < 10, "width < 50": lambda w: w < 50}
+
+
+@pytest.mark.parametrize("where", FILTERS)  # 1%, 10% and 50% of the items
+def test_filtered_search_recall_at_every_selectivity(ivf, where: str) -> None:
+    idx, vectors, ids = ivf
+    allowed = FILTERS[where](np.arange(len(ids)) % 100)
+    queries = clustered(40, seed=2)
+    found = [[h.id for h in hits] for hits in idx.search_batch(queries, k=10, where=where)]
+    assert all(allowed[i] for hits in found for i in hits)
+    assert recall(found, brute(vectors[allowed], ids[allowed], queries, 10)) >= 0.95
+
+
+def test_deleted_ids_never_come_back_and_stay_out_of_the_manifest(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM, shard_size=1000)
+    vectors = clustered(3000)
+    ids = idx.add_vectors(vectors, rows(3000))
+    gone = ids[::3]
+    assert idx.remove_ids(np.concatenate([gone, [10**9]])) == len(gone)
+    assert idx.remove_ids(gone) == 0
+    queries = vectors[gone[:20]]
+    found = {h.id for hits in idx.search_batch(queries, k=20) for h in hits}
+    assert not found & set(gone.tolist())
+    assert manifest_io.manifest_path(idx.path).stat().st_size < 10_000
+    assert idx.info()["vectors"] == 3000 - len(gone)
+    assert idx.compact() == len(gone) and idx.manifest.deletions is None
+
+
+def test_small_appends_become_segments_merged_by_size_tier(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM, shard_size=1000)
+    vectors = clustered(1000 + 25 * 3)
+    idx.add_vectors(vectors[:1000], rows(1000))
+    big = idx.manifest.shards[0]
+    for n in range(25):
+        start = 1000 + 3 * n
+        idx.add_vectors(vectors[start : start + 3], rows(3, start))
+    shards = idx.manifest.shards
+    assert shards[0] == big  # the full shard was never rewritten
+    assert len(shards) < 1 + 10  # small segments were merged, tier by tier
+    assert sum(s.rows for s in shards) == 1075 and idx.info()["vectors"] == 1075
+    assert [h.id for h in idx.search(vector=vectors[1070], k=1)] == [1070]
+
+
+def test_v1_index_opens_reads_and_takes_writes(tmp_path: Path) -> None:
+    """An index in the first format: IDMap2-wrapped FAISS files, deleted ids in the manifest."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from mmsearch.hashing import file_digest
+    from mmsearch.store.schema import items_table
+
+    path = tmp_path / "old"
+    (path / "shards").mkdir(parents=True)
+    vectors = clustered(20)
+    wrapped = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    wrapped.add_with_ids(vectors, np.arange(20, dtype=np.int64))
+    faiss.write_index(wrapped, str(path / "shards" / "000001.faiss"))
+    pq.write_table(
+        items_table([{"id": i, "path": f"item-{i}", "modality": "image"} for i in range(20)]),
+        path / "shards" / "000001.parquet",
+    )
+    shard = {
+        "name": "000001",
+        "rows": 20,
+        "recipe": "flat",
+        "faiss_sha256": file_digest(path / "shards" / "000001.faiss"),
+        "parquet_sha256": file_digest(path / "shards" / "000001.parquet"),
+    }
+    manifest = {
+        "model": None,
+        "space_id": "vectors:32",
+        "dim": DIM,
+        "recipe": "auto",
+        "shard_size": 100,
+        "shards": [shard],
+        "tombstones": [4, 5],
+        "next_id": 20,
+        "next_shard": 2,
+        "generation": 3,
+        "format_version": 1,
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    idx = Index.open(path)
+    assert idx.info()["vectors"] == 18
+    assert [h.id for h in idx.search(vector=vectors[6], k=1)] == [6]
+    assert 4 not in {h.id for h in idx.search(vector=vectors[4], k=20)}
+    idx.add_vectors(clustered(2, seed=9), rows(2, 20))
+    assert idx.manifest.format_version == 2 and idx.manifest.deletions is not None
+    assert idx.info()["vectors"] == 20 and idx.verify() == []
