@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsearch.hashing import file_digest
 from mmsearch.ingest.discover import FoundFile, under
+from mmsearch.store.catalog import paths_under
 
 
 @dataclass(frozen=True)
@@ -61,52 +63,73 @@ def make_plan(
     ``unreadable``: folders the walk could not list; their items are not "gone".
     ``failures``: earlier failure rows with path, size, mtime_us, options (plus the rest);
     a failed file is retried once it changes or the decode options do.
-    """
-    by_path: dict[str, list[dict]] = defaultdict(list)
-    for row in known.to_pylist():
-        by_path[row["path"]].append(row)
-    by_hash = {
-        rows[0]["content_hash"]: [row["id"] for row in rows]
-        for rows in by_path.values()
-        if len(rows) == rows[0]["pieces"]
-    }
-    sizes = {rows[0]["size"] for rows in by_path.values()}
-    failed = {row["path"]: row for row in failures.to_pylist()}
 
-    plan = Plan()
-    seen: set[str] = set()
-    for file in found:
-        if file.path in seen:
-            continue
-        seen.add(file.path)
-        rows = by_path.get(file.path, [])
+    The diff runs on Arrow columns: unchanged files and vanished ones are found by joins,
+    so only new or changed files (and the rows they may reuse) reach Python objects.
+    """
+    files = list({f.path: f for f in found}.values())
+    per_path = known.group_by("path").aggregate(
+        [("id", "count"), ("size", "min"), ("mtime_us", "min"), ("pieces", "min")]
+    )
+    looked_up = pa.table(
+        {
+            "path": pa.array([f.path for f in files], pa.string()),
+            "at": pa.array(range(len(files)), pa.int64()),
+            "stamp_size": pa.array([f.size for f in files], pa.int64()),
+            "stamp_mtime": pa.array([mtime_us(f) for f in files], pa.int64()),
+        }
+    ).join(per_path, "path", join_type="left outer")
+    complete = pc.fill_null(pc.equal(looked_up["id_count"], pc.cast(looked_up["pieces_min"], pa.int64())), False)
+    same = pc.and_(
+        pc.equal(looked_up["size_min"], looked_up["stamp_size"]),
+        pc.equal(looked_up["mtime_us_min"], looked_up["stamp_mtime"]),
+    )
+    unchanged = pc.fill_null(pc.and_(complete, same), False).to_numpy(zero_copy_only=False)
+    changed = looked_up.filter(pa.array(~unchanged))
+
+    plan = Plan(unchanged=int(unchanged.sum()))
+    failed = {row["path"]: row for row in failures.to_pylist()}
+    sizes = set(pc.unique(known["size"]).to_pylist()) if known.num_rows else set()
+    stored_ids: dict[str, list[int]] = defaultdict(list)
+    changed_rows = known.filter(pc.is_in(known["path"], value_set=changed["path"]))
+    for path, item_id in zip(changed_rows["path"].to_pylist(), changed_rows["id"].to_pylist()):
+        stored_ids[path].append(item_id)
+    candidates: list[tuple[FoundFile, str | None]] = []
+    for at in changed["at"].to_pylist():
+        file = files[at]
         stamp = (file.size, mtime_us(file))
-        complete = bool(rows) and len(rows) == rows[0]["pieces"]
-        if complete and (rows[0]["size"], rows[0]["mtime_us"]) == stamp:
-            plan.unchanged += 1
+        previous = failed.get(file.path)
+        if previous and (previous["size"], previous["mtime_us"], previous["options"]) == (*stamp, options):
+            plan.known_failures.append(previous)
             continue
-        previous_failure = failed.get(file.path)
-        if previous_failure and (
-            previous_failure["size"],
-            previous_failure["mtime_us"],
-            previous_failure["options"],
-        ) == (*stamp, options):
-            plan.known_failures.append(previous_failure)
-            continue
-        if rows:
-            plan.replaces[file.path] = [row["id"] for row in rows]
-        content_hash = file_digest(file.path) if file.size in sizes else None
-        if content_hash in by_hash:
-            plan.reuse.append(Reuse(file, content_hash, by_hash[content_hash]))
+        if file.path in stored_ids:
+            plan.replaces[file.path] = stored_ids[file.path]
+        candidates.append((file, file_digest(file.path) if file.size in sizes else None))
+    reusable = _complete_ids_by_hash(known, {h for _, h in candidates if h})
+    for file, content_hash in candidates:
+        if content_hash in reusable:
+            plan.reuse.append(Reuse(file, content_hash, reusable[content_hash]))
         else:
             plan.embed.append(file)
 
-    unreadable = list(unreadable)
-    plan.gone = [
-        row["id"]
-        for path, rows in by_path.items()
-        if path not in seen and under(path, roots) and not under(path, unreadable)
-        for row in rows
-    ]
+    seen = pc.is_in(known["path"], value_set=pa.array([f.path for f in files], pa.string()))
+    gone = ~seen.to_numpy(zero_copy_only=False) & paths_under(known["path"], roots)
+    gone &= ~paths_under(known["path"], list(unreadable))
+    plan.gone = known.filter(pa.array(gone))["id"].to_pylist()
     plan.kept_failures = plan.known_failures + [row for path, row in failed.items() if not under(path, roots)]
     return plan
+
+
+def _complete_ids_by_hash(known: pa.Table, hashes: set[str]) -> dict[str, list[int]]:
+    """Ids of fully indexed files with one of ``hashes``, keyed by content hash."""
+    if not hashes:
+        return {}
+    rows = known.filter(pc.is_in(known["content_hash"], value_set=pa.array(sorted(hashes), pa.string())))
+    by_path: dict[str, list[dict]] = defaultdict(list)
+    for row in rows.select(["path", "id", "content_hash", "pieces"]).to_pylist():
+        by_path[row["path"]].append(row)
+    return {
+        group[0]["content_hash"]: [row["id"] for row in group]
+        for group in by_path.values()
+        if len(group) == group[0]["pieces"]
+    }

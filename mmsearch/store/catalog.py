@@ -101,12 +101,12 @@ class Catalog:
 
     def ids_under(self, paths: Sequence[str]) -> np.ndarray:
         """Ids of live items at or below ``paths``."""
-        mask = _under(self.items.column("path"), paths)
+        mask = paths_under(self.items.column("path"), paths)
         return self.items.column("id").to_numpy()[mask].astype(np.int64)
 
     def failures_outside(self, paths: Sequence[str]) -> tuple[list[dict], int]:
         """Failure rows not below ``paths``, and how many rows were left out."""
-        mask = _under(self.failures.column("path"), paths)
+        mask = paths_under(self.failures.column("path"), paths)
         return self.failures.filter(pa.array(~mask)).to_pylist(), int(mask.sum())
 
     def query(self, statement: str) -> pa.Table:
@@ -124,8 +124,8 @@ class Catalog:
         return self.con.sql(statement).to_arrow_table()
 
 
-def _under(paths: pa.ChunkedArray, roots: Sequence[str]) -> np.ndarray:
-    """Boolean mask of ``paths`` equal to or below any of ``roots``."""
+def paths_under(paths: pa.ChunkedArray | pa.Array, roots: Sequence[str]) -> np.ndarray:
+    """Boolean mask of ``paths`` equal to or below any of ``roots`` (vectorised)."""
     import pyarrow.compute as pc
 
     mask = np.zeros(len(paths), dtype=bool)

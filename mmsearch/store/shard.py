@@ -86,8 +86,15 @@ class Shard:
         return self._index
 
     def _read_faiss(self) -> faiss.Index:
+        """Memory-map the file (a shard's files never change), so opening a large index is
+        fast and memory tracks what queries touch; read it whole where FAISS cannot map it."""
+        flag = faiss.IO_FLAG_MMAP if "IVF" in self.info.recipe else faiss.IO_FLAG_MMAP_IFC
         try:
-            index, _ = recipes.unwrap(faiss.read_index(str(self.faiss_file)))
+            try:
+                index = faiss.read_index(str(self.faiss_file), flag)
+            except RuntimeError:
+                index = faiss.read_index(str(self.faiss_file))
+            index, _ = recipes.unwrap(index)
         except RuntimeError as exc:
             raise ShardDamagedError(self.faiss_file, str(exc).strip().splitlines()[-1]) from None
         if index.ntotal != self.info.rows:
