@@ -15,10 +15,11 @@ from conftest import COLOURS, write_image
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_readme_library_example_runs_as_an_unguarded_script(tmp_path: Path) -> None:
-    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert block is not None
-    (tmp_path / "example.py").write_text(block.group(1))  # no `if __name__ == "__main__":` guard
+def test_readme_library_examples_run_as_unguarded_scripts(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    script = "\n".join(f"exec({block!r})" for block in blocks)  # each block verbatim, in order
+    (tmp_path / "example.py").write_text(script)  # no `if __name__ == "__main__":` guard
     for n in range(36):  # enough files for the ingest to start decode worker processes
         write_image(tmp_path / "photos" / f"{n:02d}.png", list(COLOURS.values())[n % len(COLOURS)], seed=n)
     write_image(tmp_path / "q.jpg", COLOURS["red"])
@@ -28,3 +29,4 @@ def test_readme_library_example_runs_as_an_unguarded_script(tmp_path: Path) -> N
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert (tmp_path / "indexes" / "default" / "manifest.json").is_file()
+    assert (tmp_path / "indexes" / "vectors" / "manifest.json").is_file()
