@@ -445,6 +445,7 @@ class Index:
             "vectors": len(snap.catalog),
             "by_modality": snap.counts(),
             "shards": len(m.shards),
+            "shard_recipes": _recipe_summary(m),
             "tombstones": len(m.tombstones),
             "failures": snap.catalog.failures.num_rows,
             "size_bytes": size,
@@ -453,6 +454,21 @@ class Index:
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
+
+
+def _recipe_summary(manifest: Manifest) -> dict[str, str]:
+    """Per recipe in use: shard count, the largest tuned settings and the lowest recall
+    measured at seal time."""
+    summary: dict[str, list] = {}
+    for shard in manifest.shards:
+        entry = summary.setdefault(shard.recipe, [0, {}, 1.0])
+        entry[0] += 1
+        entry[1] |= {k: max(v, entry[1].get(k, v)) for k, v in shard.params.items()}
+        entry[2] = min(entry[2], shard.recall if shard.recall is not None else 1.0)
+    return {
+        recipe: f"{count} shard(s)" + "".join(f", {k} ≤ {v:g}" for k, v in params.items()) + f", recall@10 ≥ {low:.3f}"
+        for recipe, (count, params, low) in summary.items()
+    }
 
 
 def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
