@@ -78,6 +78,7 @@ def test_recipes_are_tuned_and_recorded(ivf) -> None:
     idx, _, _ = ivf
     big = [s for s in idx.manifest.shards if s.recipe.startswith("IVF")]
     assert len(big) == 2 and all(s.recall >= 0.95 and s.params.get("nprobe", 0) >= 1 for s in big)
+    assert "2 shard(s), nprobe ≤" in idx.info()["shard_recipes"]["IVF32,Flat"]
 
 
 def test_unfiltered_batch_search_matches_brute_force(ivf) -> None:
