@@ -179,3 +179,11 @@ def test_v1_index_opens_reads_and_takes_writes(tmp_path: Path) -> None:
     idx.add_vectors(clustered(2, seed=9), rows(2, 20))
     assert idx.manifest.format_version == 2 and idx.manifest.deletions is not None
     assert idx.info()["vectors"] == 20 and idx.verify() == []
+
+
+def test_ten_full_shards_are_left_alone(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM, shard_size=10)
+    idx.add_vectors(clustered(100), rows(100))  # exactly MERGE_FACTOR full shards: nothing to merge
+    assert [s.rows for s in idx.manifest.shards] == [10] * 10
+    idx.add_vectors(clustered(5, seed=3), rows(5, 100))
+    assert len(idx.manifest.shards) == 11 and idx.info()["vectors"] == 105

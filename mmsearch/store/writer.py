@@ -204,7 +204,8 @@ class ShardWriter:
         """Rewrite the segments of the smallest full size tier as one; False if none is full."""
         tiers: dict[int, list[ShardInfo]] = defaultdict(list)
         for info in self.manifest.shards:
-            tiers[int(math.log(max(info.rows, 1), MERGE_FACTOR))].append(info)
+            if info.rows < self.manifest.shard_size:  # full shards are final: merging them gains nothing
+                tiers[int(math.log(max(info.rows, 1), MERGE_FACTOR))].append(info)
         full = [group for _, group in sorted(tiers.items()) if len(group) >= MERGE_FACTOR]
         if not full or sum(info.rows for info in full[0]) > self.manifest.shard_size * MERGE_FACTOR:
             return False
