@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from mmsearch.errors import (
     IndexFormatError,
-    IndexNotFoundError,
     ModelMismatchError,
     ShardDamagedError,
     UserInputError,
@@ -183,12 +182,11 @@ class Index:
 
     def refresh(self) -> Snapshot:
         """Pick up a newer generation committed by a writer (a ``stat`` when there is none)."""
-        if not manifest_io.exists(self.path):
-            raise IndexNotFoundError(f"index {self.path} has been deleted")
         latest = Snapshot.load(self.path, self._snapshot)
-        with self._encoder_lock:
-            if latest.generation >= self._snapshot.generation:
-                self._snapshot = latest
+        if latest is not self._snapshot:
+            with self._encoder_lock:
+                if latest.generation >= self._snapshot.generation:
+                    self._snapshot = latest
         return latest
 
     # -- writing -------------------------------------------------------------------------
@@ -407,7 +405,7 @@ class Index:
                 raise UserInputError(f"unknown modality {modality!r}; choose image, text, audio or any")
             return modality
         preferred = query_parser.result_modality(list(terms)) if terms else "any"
-        return preferred if preferred in self.info_counts() else "any"
+        return preferred if preferred != "any" and preferred in self.info_counts() else "any"
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""

@@ -71,12 +71,11 @@ def search(
         parts = [_search_shard(jobs[0][0], queries, k, jobs[0][1])]
     else:
         parts = list(_POOL.map(lambda job: _search_shard(job[0], queries, k, job[1]), jobs))
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.concatenate([p[0] for p in parts], axis=1) if len(parts) > 1 else parts[0][0]
+    ids = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
+    order = np.lexsort((ids, -scores), axis=1)  # best first, ties by lower id; empty slots (-1) sort last
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
     results = []
-    for q_scores, q_ids in zip(scores, ids):
-        valid = q_ids >= 0
-        q_scores, q_ids = q_scores[valid], q_ids[valid]
-        order = np.lexsort((q_ids, -q_scores))[:k]
-        results.append([(float(q_scores[i]), int(q_ids[i])) for i in order])
+    for q_scores, q_ids in zip(scores.tolist(), ids.tolist()):
+        results.append([(s, i) for s, i in zip(q_scores, q_ids) if i >= 0][:k])
     return results

@@ -75,6 +75,7 @@ class Shard:
         self._index: faiss.Index | None = None
         self._ids: np.ndarray | None = None
         self._order: np.ndarray | None = None
+        self._plain_params: tuple[faiss.SearchParameters | None] | None = None  # built once, shared by threads
 
     @property
     def index(self) -> faiss.Index:
@@ -124,7 +125,12 @@ class Shard:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, rows) per query; missing slots have row -1. ``widen`` scales
         the tuned nprobe/efSearch (a selective filter leaves fewer candidates per probe)."""
-        params = recipes.search_params(self.info.recipe, _widened(self.info.params, widen), selector)
+        if selector is None and widen <= 1.0:
+            if self._plain_params is None:
+                self._plain_params = (recipes.search_params(self.info.recipe, self.info.params),)
+            params = self._plain_params[0]
+        else:
+            params = recipes.search_params(self.info.recipe, _widened(self.info.params, widen), selector)
         return self.index.search(queries, min(k, self.info.rows), params=params)
 
     def vectors(self, rows: np.ndarray | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsearch.errors import ShardDamagedError
+from mmsearch.errors import IndexNotFoundError, ShardDamagedError
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.catalog import Catalog
 from mmsearch.store.manifest import Manifest
@@ -29,12 +29,12 @@ from mmsearch.store.shard import SHARDS_DIR, Shard
 Stamp = tuple[int, int, int]
 
 
-def manifest_stamp(index_dir: Path) -> Stamp | None:
+def manifest_stamp(index_dir: Path) -> Stamp:
     """Identity of the manifest file (it is replaced by rename on every commit)."""
     try:
-        stat = os.stat(manifest_io.manifest_path(index_dir))
+        stat = os.stat(os.path.join(index_dir, manifest_io.MANIFEST_NAME))
     except FileNotFoundError:
-        return None
+        raise IndexNotFoundError(f"no index at {index_dir} (it may have been deleted)") from None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
@@ -42,6 +42,7 @@ class Snapshot:
     """Manifest, shards, tombstones and (lazily) the metadata catalog of one generation."""
 
     def __init__(self, index_dir: Path, manifest: Manifest, stamp: Stamp | None, previous: Snapshot | None = None):
+        """``stamp``: the manifest file's identity when read (``None`` for a writer's own view)."""
         self.dir = Path(index_dir)
         self.manifest = manifest
         self.stamp = stamp
@@ -58,7 +59,7 @@ class Snapshot:
     def load(cls, index_dir: Path, previous: Snapshot | None = None) -> Snapshot:
         """The current generation; ``previous`` itself when nothing was committed since."""
         stamp = manifest_stamp(index_dir)
-        if previous is not None and stamp is not None and stamp == previous.stamp:
+        if previous is not None and stamp == previous.stamp:
             return previous
         manifest = manifest_io.load(index_dir)
         if previous is not None and manifest.generation == previous.manifest.generation:
