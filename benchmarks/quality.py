@@ -5,10 +5,11 @@ Generates a world with a seed the model never saw in training, indexes it with
 sounds), then scores every query direction with ground truth from the generator:
 
 * text→X: one query per shape×colour class ("a red circle"); relevant = same
-  colour and shape (and a single object, as the query says);
+  colour and shape (and a single object, as the query says); text[zh]→X: the same
+  queries in Chinese ("一个红色的圆形");
 * image→X / audio→X: a fixed sample of items as queries; relevant = same colour
   and shape; the query item itself is excluded;
-* zero-shot image→class: top-1 over the class captions.
+* zero-shot image→class: top-1 over the class captions, in each language.
 
 Each direction is measured on the default recipe (``auto``: exact flat shards at
 this size) and on ``hnsw`` (what ``auto`` picks for shards of 50k+ vectors).
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="item queries per file direction")
     parser.add_argument("--seed", type=int, default=20261125, help="world seed (training used others)")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--model", default="demo", help="model spec to measure (default: the shipped demo)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,18 +56,19 @@ def main() -> None:
         rows, timings = [], {"generate_s": round(generated, 1)}
         for recipe in ("auto", "hnsw"):
             started = time.perf_counter()
-            index = Index.create(root / recipe, model="demo", recipe=recipe)
+            index = Index.create(root / recipe, model=args.model, recipe=recipe)
             index.add([root / "world"])
             timings[f"index_{recipe}_s"] = round(time.perf_counter() - started, 1)
             scorer = Scorer(index, root / "world", k=args.k, queries=args.queries, seed=args.seed)
             started = time.perf_counter()
-            for direction in scorer.directions():
+            for direction in scorer.directions(world.LANGUAGES):
                 rows.append({"recipe": recipe, **scorer.score(direction)})
-            rows.append({"recipe": recipe, **scorer.zero_shot()})
+            rows += [{"recipe": recipe, **scorer.zero_shot(language=language)} for language in world.LANGUAGES]
             timings[f"score_{recipe}_s"] = round(time.perf_counter() - started, 1)
 
     report = {
         "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+        "model": args.model,
         "world": {"images": args.images, "seed": args.seed, "classes": len(world.CLASSES)},
         "k": args.k,
         "rows": rows,
@@ -81,7 +84,7 @@ def main() -> None:
 def markdown(report: dict) -> str:
     k = report["k"]
     lines = [
-        f"# Search quality: demo model, held-out world ({report['world']['images']} images, "
+        f"# Search quality: {report['model']} model, held-out world ({report['world']['images']} images, "
         f"seed {report['world']['seed']})",
         "",
         f"Command: `{report['command'].strip()}`",

@@ -4,13 +4,13 @@ Images are rendered on the fly by ``mmsearch.world`` and preprocessed with the
 engine's own ``to_model_input``, so training sees exactly the pixels search will.
 Captions from one scene often describe other scenes in the batch too ("a red
 circle" fits every single red circle), so the contrastive targets spread over
-every true match (parsed with ``world.matches`` semantics) instead of the diagonal.
+every true match (``world.parse_caption`` says what a caption pins down) instead of the diagonal.
 That removes false negatives and is what lets a tiny ViT learn in minutes on CPU.
 A supervised-contrastive term over the image embeddings (positives: other images in
 the batch with the same shape+colour) keeps background, count and size from
 dominating image-to-image neighbours.
 
-    python benchmarks/train_demo.py            # reproduces the committed weights
+    python benchmarks/train_demo.py            # the English stage of the committed weights
     python benchmarks/train_demo.py --steps 50 --out /tmp/w.safetensors  # smoke run
 """
 
@@ -33,9 +33,10 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from mmsearch import world
-from mmsearch.ingest.preprocess import to_model_input
+from mmsearch.preprocess import to_model_input
 
 MODEL_NAME = "mmsearch-demo"
+ENGLISH_CONTEXT = 24  # tokens; train_demo_chinese.py extends the context to the config's
 DEMO_DIR = Path(__file__).resolve().parents[1] / "mmsearch" / "models" / "demo"
 CONFIG = DEMO_DIR / f"{MODEL_NAME}.json"
 ATTRIBUTES = {
@@ -58,12 +59,12 @@ def pixels(image: Image.Image) -> np.ndarray:
 class Batches(torch.utils.data.IterableDataset):
     """Endless seeded batches: images, tokens, scene attributes, caption attributes."""
 
-    def __init__(self, batch: int, seed: int):
-        self.batch, self.seed = batch, seed
+    def __init__(self, batch: int, seed: int, context: int):
+        self.batch, self.seed, self.context = batch, seed, context
 
     def __iter__(self):
         open_clip.add_model_config(CONFIG)  # the worker process has a fresh registry
-        tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        tokenizer = open_clip.get_tokenizer(MODEL_NAME, context_length=self.context)
         rng = np.random.default_rng(self.seed)
         while True:
             scenes = [world.sample_scene(rng) for _ in range(self.batch)]
@@ -116,7 +117,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def train(args: argparse.Namespace) -> torch.nn.Module:
-    model = open_clip.create_model(MODEL_NAME)
+    model = open_clip.create_model(MODEL_NAME, force_context_length=args.context_length)
     print(
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
         flush=True,
@@ -132,7 +133,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    loader = torch.utils.data.DataLoader(Batches(args.batch, args.seed), batch_size=None, num_workers=1)
+    loader = torch.utils.data.DataLoader(
+        Batches(args.batch, args.seed, args.context_length), batch_size=None, num_workers=1
+    )
     model.train()
     start = time.time()
     for step, (images, tokens, scene_ids, text_ids) in enumerate(loader):
@@ -174,7 +177,7 @@ def precision_at(similarity: torch.Tensor, relevant: torch.Tensor, k: int) -> fl
 def evaluate(model: torch.nn.Module, n: int, seed: int) -> dict[str, float]:
     """Score on a held-out world written to disk, read back like the engine reads it."""
     model.eval()
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME, context_length=model.context_length)
     with tempfile.TemporaryDirectory() as tmp:
         rows = world.generate_world(tmp, n, seed)
         images = torch.from_numpy(np.stack([pixels(Image.open(Path(tmp) / r["file"])) for r in rows]))
@@ -220,6 +223,7 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=2024)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--context-length", type=int, default=ENGLISH_CONTEXT)
     parser.add_argument("--out", type=Path, default=DEMO_DIR / "weights.safetensors")
     args = parser.parse_args()
 
@@ -228,7 +232,7 @@ def main() -> None:
     open_clip.add_model_config(CONFIG)
     save_fp16(train(args), args.out)
     # Score the shipped fp16 file through the same loader a user's checkpoint takes.
-    model = open_clip.create_model(MODEL_NAME, pretrained=str(args.out))
+    model = open_clip.create_model(MODEL_NAME, pretrained=str(args.out), force_context_length=args.context_length)
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     for name, value in evaluate(model, args.eval_n, args.eval_seed).items():
         print(f"{name}: {value:.3f}")

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
-from mmsearch.config import INDEX_ENV, default_index_path
+from mmsearch.config import DEFAULT_MODEL, INDEX_ENV, MODEL_ENV, default_index_path, default_model
 from mmsearch.errors import MMSearchError, UserInputError
-from mmsearch.models.registry import DEFAULT_MODEL, DEFAULT_MODEL_ENV, default_model
 
 if TYPE_CHECKING:
     from mmsearch.index import AddSummary, Index
@@ -53,6 +52,18 @@ app = typer.Typer(
 )
 
 IndexOption = Annotated[Optional[Path], typer.Option("--index", "-i", metavar="DIR", help=_where_index_lives())]
+SERVER_ENV = "MMSEARCH_SERVER"
+TOKEN_ENV = "MMSEARCH_TOKEN"
+TokenOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--token",
+        metavar="SECRET",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="The server's bearer token (prefer the environment variable: arguments show in `ps`).",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DeviceOption = Annotated[
     Optional[str],
@@ -62,9 +73,9 @@ DeviceOption = Annotated[
 
 def _model_default() -> str:
     """The default model as help text: the environment's choice, or the built-in one."""
-    if os.environ.get(DEFAULT_MODEL_ENV):
-        return f"{default_model()} from ${DEFAULT_MODEL_ENV}"
-    return f"{DEFAULT_MODEL}; ${DEFAULT_MODEL_ENV} changes it"
+    if os.environ.get(MODEL_ENV):
+        return f"{default_model()} from ${MODEL_ENV}"
+    return f"{DEFAULT_MODEL}; ${MODEL_ENV} changes it"
 
 
 def _version(value: bool) -> None:
@@ -252,6 +263,17 @@ def query(
         bool, typer.Option("--null", "-0", help="Print only paths, each ended by a NUL byte (for xargs -0).")
     ] = False,
     index: IndexOption = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            "--server",
+            metavar="URL",
+            envvar=SERVER_ENV,
+            help="Ask a running `mmsearch serve` (e.g. http://127.0.0.1:8000) instead of loading the model here; "
+            "query files are uploaded.",
+        ),
+    ] = None,
+    token: TokenOption = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -268,11 +290,16 @@ def query(
     if not terms:
         raise UserInputError('give a query: a text, --image FILE, --audio FILE or an expression like "dog" + "beach"')
     _check_file_terms(terms)
-    idx = _open(index, device)
-    returned = idx.result_modality(terms, modality)
-    hits = idx.search(
-        query=expression, image=image, audio=audio, modality=returned, k=k, where=where, min_score=min_score
-    )
+    if server:
+        if index is not None:
+            raise UserInputError("--index and --server: choose one (the server searches its own index)")
+        hits, returned = _forward_query(server, token, terms, expression, modality, k, where, min_score)
+    else:
+        idx = _open(index, device)
+        returned = idx.result_modality(terms, modality)
+        hits = idx.search(
+            query=expression, image=image, audio=audio, modality=returned, k=k, where=where, min_score=min_score
+        )
     if json_out:
         _print_json([{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)])
         return
@@ -288,6 +315,39 @@ def query(
         _say("no results" + (" above --min-score" if min_score is not None else ""))
     for rank, hit in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {hit.score:.4f}  {_locate(hit)}")
+
+
+def _forward_query(
+    server: str,
+    token: str | None,
+    terms: Sequence[Term],
+    expression: str | None,
+    modality: str | None,
+    k: int,
+    where: str | None,
+    min_score: float | None,
+) -> tuple[list, str]:
+    """Send a query to a running server: texts as an expression, files as uploads. The
+    server reads files first when it picks the modality to return, so where the local
+    rule (first positive term) would differ, the modality is sent explicitly."""
+    from mmsearch.search.query import result_modality
+    from mmsearch.serve.client import search
+
+    files = [term for term in terms if term.modality != "text"]
+    texts = [term for term in terms if term.modality == "text"]
+    if files:
+        q = " + ".join(f"{_weight(term.weight)}:{term.value}" for term in texts) or None
+        if modality is None and result_modality(list(terms)) != result_modality(files + texts):
+            modality = result_modality(list(terms))
+    else:
+        q = expression
+    fields = {"q": q, "k": k, "modality": modality, "where": where, "min_score": min_score}
+    return search(server, fields, [(term.value, term.weight) for term in files], token)
+
+
+def _weight(value: float) -> str:
+    """A term weight as the query parser reads it back (``2``, ``-0.5``)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def _check_file_terms(terms: Sequence[Term]) -> None:
@@ -571,6 +631,69 @@ def compact(index: IndexOption = None, json_out: JsonOption = False) -> None:
 
 
 @app.command()
+def serve(
+    index: IndexOption = None,
+    host: Annotated[
+        str,
+        typer.Option(metavar="ADDR", help="Address to listen on; any but loopback needs --token (or --insecure)."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="N", help="Port; 0 picks a free one.")] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SECRET",
+            envvar=TOKEN_ENV,
+            show_envvar=True,
+            help="Require Authorization: Bearer SECRET on every /api route (prefer the environment variable).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token (trusted networks only).")
+    ] = False,
+    allow_sql: Annotated[
+        bool, typer.Option("--allow-sql", help="Add POST /api/sql (sandboxed read-only SELECT over the metadata).")
+    ] = False,
+    max_upload_mb: Annotated[float, typer.Option(metavar="MB", help="Largest query file accepted.")] = 25.0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request to stderr.")] = False,
+    threads: Annotated[
+        int, typer.Option(metavar="N", help="Torch threads per query encoding (queries are batched, not split).")
+    ] = 1,
+    device: DeviceOption = None,
+) -> None:
+    """Serve the index over HTTP: a JSON API under /api (docs at /docs) and a search page at /."""
+    from mmsearch.serve import require_serve
+    from mmsearch.serve.settings import ServeSettings, check_bind
+
+    check_bind(host, token, insecure)
+    if not 0 <= port <= 65535:
+        raise UserInputError(f"--port must be between 0 and 65535, not {port}")
+    if threads < 1:
+        raise UserInputError(f"--threads must be at least 1, not {threads}")
+    settings = ServeSettings(
+        token=token, allow_sql=allow_sql, max_upload_bytes=int(max_upload_mb * 1_000_000), encoder_threads=threads
+    )
+    require_serve()
+    path = _index_path(index)
+    idx = _open(path, device)
+    from mmsearch.serve.app import create_app
+    from mmsearch.serve.server import run
+
+    location: list[str] = []
+
+    def ready() -> None:
+        _say(f"mmsearch: ready: {location[0]}/ (API docs: {location[0]}/docs); Ctrl+C stops")
+
+    def announce(url: str) -> None:
+        location.append(url)
+        _say(f"mmsearch: serving {path} at {url} (loading the model ...)")
+
+    try:
+        run(create_app(idx, settings, on_ready=ready), host, port, access_log, announce)
+    except KeyboardInterrupt:  # Ctrl+C is how a server stops: uvicorn has shut down cleanly by now
+        _say("mmsearch: stopped")
+
+
+@app.command()
 def demo(
     folder: Annotated[
         Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER")
@@ -605,10 +728,30 @@ def fit_audio(
     device: DeviceOption = None,
 ) -> None:
     """Fit the projector that carries a CLAP model's sounds into an open_clip space."""
-    from mmsearch.models.audio import fit_clap_projector, read_captions
+    from mmsearch.models.fit_audio import fit_clap_projector
 
-    path, pairs = fit_clap_projector(model, read_captions(captions, text_column), device)
+    path, pairs = fit_clap_projector(model, _read_captions(captions, text_column), device)
     typer.echo(f"fitted on {pairs} captions: {path}; create indexes with --model '{model}'")
+
+
+def _read_captions(path: Path, text_column: str | None) -> list[str]:
+    """Captions from a text file (one per line) or a caption table (CSV/JSONL/Parquet)."""
+    from mmsearch.errors import one_line
+    from mmsearch.ingest.decode import DecodeError, DecodeOptions, decode_table
+
+    if not path.is_file():
+        raise UserInputError(f"captions file not found: {path}")
+    if path.suffix.lower() in (".csv", ".jsonl", ".parquet"):
+        try:
+            _, pieces = decode_table(path.read_bytes(), str(path), DecodeOptions(text_column=text_column))
+        except (DecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserInputError(f"cannot read captions from {path}: {one_line(exc)}") from None
+        return [str(piece.payload) for piece in pieces]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserInputError(f"cannot read captions from {path}: not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip()]
 
 
 @app.command()

@@ -1,8 +1,11 @@
-"""Where things live by default, so `mmsearch index` and `mmsearch query` meet without flags.
+"""Every environment variable and default folder mmsearch reads, in one place.
 
-The index location is, in order: ``--index``, ``$MMSEARCH_INDEX``, ``./indexes/default``
-when the current folder has an ``indexes/`` folder (e.g. a checkout of this repo),
-else ``$XDG_DATA_HOME/mmsearch/indexes/default`` (``~/.local/share/...``).
+So `mmsearch index` and `mmsearch query` meet without flags, the index location is, in
+order: ``--index``, ``$MMSEARCH_INDEX``, ``./indexes/default`` when the current folder
+has an ``indexes/`` folder (e.g. a checkout of this repo), else
+``$XDG_DATA_HOME/mmsearch/indexes/default`` (``~/.local/share/...``). New indexes use
+``$MMSEARCH_MODEL`` or :data:`DEFAULT_MODEL`; derived artifacts (fitted projectors) live
+under ``$MMSEARCH_CACHE`` or ``$XDG_CACHE_HOME/mmsearch``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ import os
 from pathlib import Path
 
 INDEX_ENV = "MMSEARCH_INDEX"
+MODEL_ENV = "MMSEARCH_MODEL"
+CACHE_ENV = "MMSEARCH_CACHE"
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+OPEN_CLIP_URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps weights fetched by plain URL
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    """An XDG base folder: ``$variable`` when set, else ``~/fallback``."""
+    return Path(os.environ.get(variable) or Path.home() / fallback)
 
 
 def default_index_path() -> Path:
@@ -19,5 +31,16 @@ def default_index_path() -> Path:
         return Path(os.environ[INDEX_ENV]).expanduser()
     if Path("indexes").is_dir():
         return Path("indexes") / "default"
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data_home / "mmsearch" / "indexes" / "default"
+    return _xdg("XDG_DATA_HOME", ".local/share") / "mmsearch" / "indexes" / "default"
+
+
+def default_model() -> str:
+    """The model spec for new indexes when none is given."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def cache_dir() -> Path:
+    """Where mmsearch caches what it derives (fitted projectors): rebuildable, never precious."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return _xdg("XDG_CACHE_HOME", ".cache") / "mmsearch"

@@ -7,6 +7,17 @@ user, so the CLI can print it verbatim without a traceback.
 from __future__ import annotations
 
 
+def one_line(reason: BaseException | str, limit: int = 200) -> str:
+    """``reason`` (an exception or its text) as one line of at most ``limit`` characters:
+    third-party errors span many lines, ours are printed verbatim on one."""
+    text = " ".join(str(reason).split())
+    if not text and isinstance(reason, BaseException):
+        text = type(reason).__name__
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
 class MMSearchError(Exception):
     """Base class for every error caused by input, environment or index state."""
 
@@ -39,8 +50,9 @@ class ShardDamagedError(IndexFormatError):
     """A file the manifest names is missing or unreadable; ``mmsearch repair`` fixes it."""
 
     def __init__(self, path: object, reason: str) -> None:
-        reason = " ".join(reason.split())[:160]
-        super().__init__(f"shard file {path} is damaged or missing ({reason}); run `mmsearch repair` to fix the index")
+        super().__init__(
+            f"shard file {path} is damaged or missing ({one_line(reason, 160)}); run `mmsearch repair` to fix the index"
+        )
         self.path = path
 
 

@@ -25,15 +25,18 @@ class Direction:
 
     source: str
     target: str
+    language: str = "en"  # of text queries
 
     @property
     def name(self) -> str:
-        return f"{self.source}→{self.target}"
+        said = f"[{self.language}]" if self.source == "text" and self.language != "en" else ""
+        return f"{self.source}{said}→{self.target}"
 
 
-def class_query(label: str) -> str:
-    """ "red circle" → "a red circle"."""
-    return f"a {label}"
+def class_query(label: str, language: str = "en") -> str:
+    """ "red circle" → "a red circle" (or "一个红色的圆形" in ``zh``)."""
+    colour, shape = label.split(" ", 1)
+    return world.class_query(colour, shape, language)
 
 
 class Scorer:
@@ -59,11 +62,17 @@ class Scorer:
                 }
                 self.by_modality[item["modality"]].append(item["id"])
 
-    def directions(self) -> list[Direction]:
-        """Every (query, result) pair of modalities the index holds and the model embeds."""
+    def directions(self, languages: tuple[str, ...] = ("en",)) -> list[Direction]:
+        """Every (query, result) pair of modalities the index holds and the model embeds,
+        text queries once per language."""
         present = [m for m in QUERY_MODALITIES if self.by_modality[m]]
         sources = [m for m in present if m == "text" or m in self.index.encoder.modalities]
-        return [Direction(s, t) for s in sources for t in present]
+        return [
+            Direction(s, t, language)
+            for s in sources
+            for language in (languages if s == "text" else ("en",))
+            for t in present
+        ]
 
     def _relevant(self, query: dict, item_id: int) -> bool:
         scene = self.scenes.get(item_id)
@@ -75,7 +84,7 @@ class Scorer:
         """Mean precision@k and recall@k over the direction's queries, and precision
         against what is achievable (``found / min(k, relevant)``), which small worlds need."""
         precisions, recalls, achievable = [], [], []
-        for query_attributes, vector, own_id in self._queries(direction.source):
+        for query_attributes, vector, own_id in self._queries(direction.source, direction.language):
             hits = self.index.search(vector=vector, modality=direction.target, k=self.k + 1)
             hits = [h for h in hits if h.id != own_id][: self.k]
             relevant_total = sum(
@@ -94,26 +103,27 @@ class Scorer:
             "achievable_precision": float(np.mean(achievable)) if achievable else None,
         }
 
-    def _queries(self, modality: str):
+    def _queries(self, modality: str, language: str):
         if modality == "text":
             labels = list(world.CLASSES)
-            vectors = self.index.encoder.embed_texts([class_query(label) for label in labels])
+            vectors = self.index.encoder.embed_texts([class_query(label, language) for label in labels])
             for label, vector in zip(labels, vectors):
                 colour, shape = label.split(" ", 1)
                 yield {"colour": colour, "shape": shape, "count": 1}, vector, None
             return
         ids = self.by_modality[modality]
         chosen = self.rng.choice(ids, size=min(self.queries, len(ids)), replace=False)
-        for item_id, vector in zip(chosen, self.index.vectors(chosen)):
+        for item_id, vector in zip(chosen, self.index.vectors(chosen.tolist())):
             scene = self.scenes[int(item_id)]
             yield {"colour": scene["colour"], "shape": scene["shape"]}, vector, int(item_id)
 
-    def zero_shot(self, modality: str = "image") -> dict:
+    def zero_shot(self, modality: str = "image", language: str = "en") -> dict:
         """Top-1 accuracy of labelling items with the shape×colour class captions."""
         ids = self.by_modality[modality]
         labels = list(world.CLASSES)
-        scores = self.index.vectors(ids) @ self.index.encoder.embed_texts([class_query(x) for x in labels]).T
+        scores = self.index.vectors(ids) @ self.index.encoder.embed_texts([class_query(x, language) for x in labels]).T
         predicted = [labels[i] for i in scores.argmax(axis=1)]
         truth = [f"{self.scenes[i]['colour']} {self.scenes[i]['shape']}" for i in ids]
         accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
-        return {"direction": f"{modality}→class (zero-shot top-1)", "queries": len(ids), "precision": accuracy}
+        said = "" if language == "en" else f"[{language}]"
+        return {"direction": f"{modality}→class{said} (zero-shot top-1)", "queries": len(ids), "precision": accuracy}

@@ -394,6 +394,10 @@ class Index:
                 raise IndexFormatError(f"index {self.path} cannot be read ({reason}); run `mmsearch repair`") from None
             return operation(latest)
 
+    def items(self, ids: Sequence[int]) -> dict[int, dict]:
+        """Metadata rows of the live items among ``ids``, keyed by id (a lookup, no scan)."""
+        return self._read(lambda snap: snap.catalog.rows(ids))
+
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
         return self._read(lambda snap: _live_vectors(snap, np.asarray(ids, dtype=np.int64)))

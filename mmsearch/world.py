@@ -17,8 +17,10 @@ cross-modal retrieval. Keep new attributes on ``Scene`` and their vocabularies h
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -163,16 +165,52 @@ def caption(scene: Scene) -> str:
     return f"{_objects(scene, sized=True)} on a {scene.background} background"
 
 
-def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
-    """Several true phrasings of ``scene``, from terse to full, one with a random prefix."""
+def captions(scene: Scene, rng: np.random.Generator, language: str = "en") -> list[str]:
+    """Several true phrasings of ``scene`` in ``language`` (``en`` or ``zh``), from terse to
+    full, one with a random prefix. The random draws do not depend on the language, so
+    generators in the same state give translations of each other, in the same order."""
+    if language == "zh":
+        objects: Callable[..., str] = functools.partial(_objects_zh, scene)
+        background, prefixes, space = f"{ZH_BACKGROUNDS[scene.background]}背景上的{{}}", ZH_PREFIXES, ""
+        label = f"{ZH_COLOURS[scene.colour]}{ZH_SHAPES[scene.shape]}"
+    elif language == "en":
+        objects = functools.partial(_objects, scene)
+        background, prefixes, space = f"{{}} on a {scene.background} background", PREFIXES, " "
+        label = class_label(scene)
+    else:
+        raise ValueError(f"language must be one of {LANGUAGES}, not {language!r}")
     forms = [
-        _objects(scene, sized=False),
-        _objects(scene, sized=True),
-        f"{_objects(scene, sized=False)} on a {scene.background} background",
-        caption(scene),
+        objects(sized=False),
+        objects(sized=True),
+        background.format(objects(sized=False)),
+        background.format(objects(sized=True)),
     ]
-    prefixed = f"{PREFIXES[rng.integers(len(PREFIXES))]} {forms[rng.integers(len(forms))]}"
-    return [*forms, prefixed, class_label(scene)]
+    prefixed = f"{prefixes[rng.integers(len(prefixes))]}{space}{forms[rng.integers(len(forms))]}"
+    return [*forms, prefixed, label]
+
+
+def class_query(colour: str, shape: str, language: str = "en") -> str:
+    """The query for one object of a class: "a red circle", "一个红色的圆形"."""
+    scene = Scene(shape, colour, "grey", 1, "small", 0)
+    return _objects_zh(scene, sized=False) if language == "zh" else _objects(scene, sized=False)
+
+
+# -- Chinese ---------------------------------------------------------------------------
+# The same concepts in Chinese, so that queries in a second language can be trained and
+# measured: measure words and 的 instead of articles and plurals, the shape last.
+
+LANGUAGES = ("en", "zh")
+ZH_COLOURS: dict[str, str] = dict(zip(COLOURS, ("红色", "绿色", "蓝色", "黄色", "紫色", "橙色", "白色", "黑色")))
+ZH_SHAPES: dict[str, str] = dict(zip(SHAPES, ("圆形", "正方形", "三角形", "星形", "十字形", "心形")))
+ZH_BACKGROUNDS: dict[str, str] = {"grey": "灰色", "white": "白色", "black": "黑色"}
+ZH_COUNTS: dict[int, str] = {1: "一个", 2: "两个", 3: "三个"}
+ZH_SIZES: dict[str, str] = {"small": "小", "large": "大"}
+ZH_PREFIXES: tuple[str, ...] = ("一张照片：", "一张图片：", "一幅图：", "一幅画：")  # as many as PREFIXES
+
+
+def _objects_zh(scene: Scene, *, sized: bool) -> str:
+    count, colour, shape = ZH_COUNTS[scene.count], ZH_COLOURS[scene.colour], ZH_SHAPES[scene.shape]
+    return f"{count}{ZH_SIZES[scene.size]}的{colour}{shape}" if sized else f"{count}{colour}的{shape}"
 
 
 @lru_cache(maxsize=4096)
@@ -196,11 +234,6 @@ def parse_caption(text: str) -> dict[str, str | int]:
             if j >= 0 and words[j] in _COUNT_WORDS:
                 found["count"] = _COUNT_WORDS[words[j]]
     return found
-
-
-def matches(text: str, scene: Scene) -> bool:
-    """Whether ``scene`` satisfies every attribute ``text`` mentions."""
-    return all(getattr(scene, key) == value for key, value in parse_caption(text).items())
 
 
 def generate_world(
@@ -270,14 +303,15 @@ def _partials(shape: str, frequency: float, t: np.ndarray, sample_rate: int) -> 
     """One note of ``shape``'s timbre, band-limited below Nyquist."""
     phase = 2 * np.pi * frequency * t
     top = int(0.45 * sample_rate / frequency)
+    silence = np.zeros_like(phase)  # the start of each sum of partials
     if shape == "circle":  # pure tone
         return np.sin(phase)
     if shape == "square":  # odd harmonics, 1/k
-        return sum(np.sin(k * phase) / k for k in range(1, top + 1, 2))
+        return sum((np.sin(k * phase) / k for k in range(1, top + 1, 2)), silence)
     if shape == "triangle":  # odd harmonics, alternating, 1/k²
-        return sum((-1) ** (k // 2) * np.sin(k * phase) / k**2 for k in range(1, top + 1, 2))
+        return sum(((-1) ** (k // 2) * np.sin(k * phase) / k**2 for k in range(1, top + 1, 2)), silence)
     if shape == "star":  # all harmonics, 1/k: bright sawtooth
-        return sum(np.sin(k * phase) / k for k in range(1, top + 1))
+        return sum((np.sin(k * phase) / k for k in range(1, top + 1)), silence)
     if shape == "cross":  # tremolo
         return np.sin(phase) * (0.6 + 0.4 * np.sin(2 * np.pi * 11 * t))
     return np.sin(phase + 2.5 * np.sin(2 * np.pi * 6 * t))  # heart: vibrato

@@ -90,3 +90,15 @@ def test_many_threads_share_one_catalog(catalog: Catalog) -> None:
     serial = [work(n) for n in range(200)]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(work, range(200))) == serial
+
+
+def test_runaway_user_sql_is_interrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmsearch.store.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "USER_SQL_TIMEOUT_S", 0.5)  # a short limit keeps the test fast
+    fresh = Catalog(items_table([{"id": 1, "path": "/a"}]))
+    with pytest.raises(FilterError, match=r"stopped after 0\.5 s"):
+        fresh.query("SELECT count(*) FROM range(1000000) a, range(1000000) b")
+    with pytest.raises(FilterError, match="stopped after"):
+        fresh.ids_where("(SELECT count(*) FROM range(1000000) a, range(1000000) b) > 0")
+    assert fresh.query("SELECT count(*) AS n FROM items").to_pylist() == [{"n": 1}]

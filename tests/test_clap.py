@@ -15,7 +15,7 @@ from conftest import run_cli
 from mmsearch import Index
 from mmsearch.errors import ModelError
 from mmsearch.models import projector
-from mmsearch.models.audio import fit_clap_projector
+from mmsearch.models.fit_audio import fit_clap_projector
 from mmsearch.models.registry import load_encoder
 
 WORDS = "a an the red green blue yellow circle square star sound of dog bird high low note".split()
@@ -134,4 +134,4 @@ def test_fit_audio_command(tiny_clap: Path, random_checkpoint: str, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert f"fitted on {len(CAPTIONS)} captions" in result.stdout
     missing = run_cli("fit-audio", spec, "--captions", str(tmp_path / "nope.txt"), env=env)
-    assert missing.returncode == 1 and "captions file not found" in missing.stderr
+    assert missing.returncode == 2 and "captions file not found" in missing.stderr

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import run_cli
 from mmsearch import Index, world
-from mmsearch.evaluation import Scorer
+from mmsearch.evaluation import Direction, Scorer
 
 FLOOR = 0.6
 WORLD_SEED = 4242  # not a seed the demo model was trained or evaluated on
@@ -46,6 +46,13 @@ def test_every_direction_clears_the_floor(scorer: Scorer) -> None:
     for direction in directions:
         result = scorer.score(direction)
         assert result["precision"] >= FLOOR, result
+
+
+def test_chinese_queries_clear_the_floor(scorer: Scorer) -> None:
+    """The demo text tower reads Chinese (benchmarks/train_demo_chinese.py): "一个红色的圆形"."""
+    for target in ("image", "text"):
+        assert scorer.score(Direction("text", target, "zh"))["precision"] >= FLOOR
+    assert scorer.zero_shot(language="zh")["precision"] >= FLOOR
 
 
 def test_zero_shot_labelling_clears_the_floor(scorer: Scorer) -> None:
@@ -115,11 +122,9 @@ def test_long_recording_hits_point_to_the_right_window(tmp_path: Path) -> None:
 
 
 def test_demo_loads_through_the_local_checkpoint_path() -> None:
-    from mmsearch.models.registry import DEMO_DIR, load_encoder, resolve
+    from mmsearch.models.registry import DEMO_DIR, load_encoder
 
-    demo = resolve("demo")
     as_user_file = f"mmsearch-demo:{next(DEMO_DIR.glob('weights.*'))}"
-    assert (demo.arch, demo.source) == ("mmsearch-demo", "file")
     a, b = load_encoder("demo"), load_encoder(as_user_file)
     assert a.space_id == b.space_id
     texts = ["a red circle", "two blue squares"]

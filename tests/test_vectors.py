@@ -187,3 +187,11 @@ def test_ten_full_shards_are_left_alone(tmp_path: Path) -> None:
     assert [s.rows for s in idx.manifest.shards] == [10] * 10
     idx.add_vectors(clustered(5, seed=3), rows(5, 100))
     assert len(idx.manifest.shards) == 11 and idx.info()["vectors"] == 105
+
+
+def test_items_by_id(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    ids = idx.add_vectors(clustered(5), rows(5))
+    idx.remove_ids([ids[1]])
+    found = idx.items([ids[3], ids[1], 999])
+    assert list(found) == [ids[3]] and found[ids[3]]["path"] == "item-3"

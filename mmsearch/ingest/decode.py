@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
-from mmsearch.ingest.preprocess import square_crop
+from mmsearch.preprocess import square_crop
 
 EXIF_ORIENTATION = 0x0112
 EXIF_MODEL = 0x0110

@@ -57,6 +57,9 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
 class AudioTower(nn.Module):
     """Waveforms ``(n, samples)`` → embeddings ``(n, embed_dim)`` (not normalised)."""
 
+    window: torch.Tensor  # buffers, derived from the config and never saved
+    mel: torch.Tensor
+
     def __init__(self, config: AudioTowerConfig) -> None:
         super().__init__()
         self.config = config

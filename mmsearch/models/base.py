@@ -1,20 +1,25 @@
-"""The encoder contract shared by every model.
+"""The encoder contract every model follows, built-in or plugin.
 
 An encoder maps inputs of one or more modalities into one embedding *space*,
-identified by ``space_id``; ``modalities`` says which inputs it accepts. Subclasses
-implement only the per-batch methods; batching, dispatch and normalisation live
-here so every model behaves the same.
+identified by ``space_id``; ``modalities`` says which inputs it accepts. Subclasses set
+the attributes and override only the per-batch hooks of their modalities
+(``_embed_image_batch``, ``_embed_text_batch``, ``_embed_audio_batch``); batching,
+dispatch and normalisation live here so every model behaves the same. Decoding happens
+elsewhere (worker processes) from the picklable input specs, so an encoder never sees files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mmsearch.errors import ModelError
-from mmsearch.ingest.preprocess import normalise
+from mmsearch.preprocess import normalise
+
+MODALITIES = ("image", "text", "audio")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,15 @@ class AudioInput:
     window_s: float
 
 
+@dataclass(frozen=True)
+class AudioPart:
+    """An ear for a model without one: embeds waveforms into the model's own space."""
+
+    audio_input: AudioInput
+    audio_space_id: str
+    embed: Callable[[np.ndarray], np.ndarray]
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Return float32 rows of unit length (zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -42,23 +56,32 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class Encoder:
-    """Turns batches of inputs into L2-normalised float32 vectors of one space."""
+    """Turns batches of inputs into L2-normalised float32 vectors of one space.
+
+    Set ``space_id`` (changes whenever the weights do: an index refuses vectors of another
+    space), ``dim``, ``modalities`` and the input spec of each modality (``image_input``
+    for images, ``audio_input`` for sounds). The registry sets ``spec``.
+    """
 
     spec: str
     space_id: str
-    audio_space_id: str | None = None  # identifies the audio tower when there is one
     dim: int
     modalities: frozenset[str] = frozenset()
     image_input: ImageInput | None = None
     audio_input: AudioInput | None = None
+    audio_space_id: str | None = None  # identifies the audio tower when there is one
     batch_size: int = 64
+    device: str = "cpu"
+    audio_part: AudioPart | None = None
 
-    def embed(self, modality: str, payloads: Sequence) -> np.ndarray:
+    def embed(self, modality: str, payloads: Sequence[Any]) -> np.ndarray:
         """Embed decoded pieces of one modality: uint8 crops, strings or waveforms."""
         if modality not in self.modalities:
             raise ModelError(f"model {self.spec!r} cannot embed {modality}")
         if modality == "image":
             spec = self.image_input
+            if spec is None:
+                raise ModelError(f"model {self.spec!r} embeds images but declares no image_input")
             return self.embed_images(normalise(np.stack(payloads), spec.mean, spec.std))
         if modality == "text":
             return self.embed_texts(payloads)
@@ -76,7 +99,14 @@ class Encoder:
         """Embed mono waveforms shaped ``(n, samples)`` at ``audio_input.sample_rate``."""
         return self._batched(self._embed_audio_batch, waves)
 
-    def _batched(self, embed: Callable, items) -> np.ndarray:
+    def attach_audio(self, part: AudioPart) -> None:
+        """Give the model an ear (see :mod:`mmsearch.models.audio`): sounds join its space."""
+        self.audio_part = part
+        self.modalities = self.modalities | {"audio"}
+        self.audio_input = part.audio_input
+        self.audio_space_id = part.audio_space_id
+
+    def _batched(self, embed: Callable[[Any], np.ndarray], items: Any) -> np.ndarray:
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         parts = [embed(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
@@ -89,4 +119,6 @@ class Encoder:
         raise ModelError(f"model {self.spec!r} cannot embed text")
 
     def _embed_audio_batch(self, waves: np.ndarray) -> np.ndarray:
-        raise ModelError(f"model {self.spec!r} cannot embed audio")
+        if self.audio_part is None:
+            raise ModelError(f"model {self.spec!r} cannot embed audio")
+        return self.audio_part.embed(waves)

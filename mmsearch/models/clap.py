@@ -1,8 +1,8 @@
-"""CLAP (transformers' ``ClapModel``) as the audio partner of an open_clip model.
+"""CLAP (transformers' ``ClapModel``) as the audio partner of an image/text model.
 
 CLAP embeds sounds and texts into its own space; a projector fitted on captions
-(see :mod:`mmsearch.models.projector`) carries its sound embeddings into the open_clip
-space. ``transformers`` is an optional extra, checked here with an install hint.
+(see :mod:`mmsearch.models.projector`) carries its sound embeddings into the partner's
+space. ``transformers`` is an optional extra (see :mod:`mmsearch.models.hf`).
 """
 
 from __future__ import annotations
@@ -10,38 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mmsearch.errors import ModelError
+from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.models.base import AudioInput, l2_normalise
-
-
-def require_transformers():
-    """Import transformers or explain how to get it."""
-    try:
-        import transformers
-    except ImportError:
-        raise ModelError("CLAP audio needs the 'transformers' package: pip install 'mmsearch[clap]'") from None
-    return transformers
-
-
-def _features(output) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+from mmsearch.models.device import inference, to_numpy
+from mmsearch.models.hf import pooled, quiet, require_transformers
 
 
 class ClapModelWrapper:
     """A CLAP checkpoint (hub name or local folder) loaded with transformers' real loaders."""
 
     def __init__(self, name: str, device: str = "cpu") -> None:
-        transformers = require_transformers()
+        transformers = require_transformers("CLAP audio")
         try:
-            self.model = transformers.ClapModel.from_pretrained(name).to(device).eval()
-            self.processor = transformers.ClapProcessor.from_pretrained(name)
+            with quiet(transformers):
+                self.model = transformers.ClapModel.from_pretrained(name).to(device).eval()
+                self.processor = transformers.ClapProcessor.from_pretrained(name)
         except OSError as exc:
-            reason = " ".join(str(exc).split())[:300]
             raise ModelError(
-                f"could not load CLAP model {name!r} ({reason}); pass a local folder or go online once"
+                f"could not load CLAP model {name!r} ({one_line(exc, 300)}); pass a local folder or go online once"
             ) from None
         self.device = device
         extractor = self.processor.feature_extractor
@@ -52,12 +40,12 @@ class ClapModelWrapper:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         inputs = self.processor(text=texts, return_tensors="pt", padding=True).to(self.device)
-        with torch.inference_mode():
-            return l2_normalise(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+        with inference(self.device):
+            return l2_normalise(to_numpy(pooled(self.model.get_text_features(**inputs))))
 
     def embed_audio(self, waves: np.ndarray) -> np.ndarray:
         inputs = self.processor(audio=list(waves), sampling_rate=self.audio_input.sample_rate, return_tensors="pt").to(
             self.device
         )
-        with torch.inference_mode():
-            return l2_normalise(_features(self.model.get_audio_features(**inputs)).float().cpu().numpy())
+        with inference(self.device):
+            return l2_normalise(to_numpy(pooled(self.model.get_audio_features(**inputs))))

@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mmsearch.config import cache_dir
 from mmsearch.models.base import l2_normalise
 from mmsearch.store.atomic import atomic_write_bytes
 
-CACHE_ENV = "MMSEARCH_CACHE"
-
-
-def cache_dir() -> Path:
-    """``$MMSEARCH_CACHE`` or ``$XDG_CACHE_HOME/mmsearch`` (``~/.cache/mmsearch``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsearch"
-
 
 def artifact_path(source_id: str, target_id: str) -> Path:
+    """Where the projector between two spaces is cached: keyed by both ids, so a new
+    version of either model never picks up a stale map."""
     key = hashlib.sha256(f"{source_id}\n{target_id}".encode()).hexdigest()[:24]
     return cache_dir() / "projectors" / f"{key}.npz"
 

@@ -13,7 +13,8 @@ per query, no scan.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
 import duckdb
@@ -25,12 +26,14 @@ from mmsearch.store.schema import FAILURE_SCHEMA
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}  # EXPLAIN ANALYZE would run a COPY
 SANDBOX = (
+    "SET memory_limit = '2GB'",
     "SET enable_external_access = false",
     "SET autoinstall_known_extensions = false",
     "SET autoload_known_extensions = false",
     "SET lock_configuration = true",
 )
 FILTER_CACHE_SIZE = 32
+USER_SQL_TIMEOUT_S = 30.0  # user SQL that runs longer (e.g. a cross join of ranges) is interrupted
 
 
 def one_line(error: Exception) -> str:
@@ -79,7 +82,10 @@ class Catalog:
         DuckDB parses ``where`` as one expression, so it cannot smuggle in a statement.
         """
         try:
-            table = self.con.table("items").filter(where).project("id").to_arrow_table()
+            with self._time_limit():
+                table = self.con.table("items").filter(where).project("id").to_arrow_table()
+        except duckdb.InterruptException:
+            raise FilterError(f"--where filter stopped after {USER_SQL_TIMEOUT_S:g} s") from None
         except duckdb.Error as exc:
             raise FilterError(f"invalid --where filter: {one_line(exc)}") from None
         ids = table.column("id").to_numpy().astype(np.int64)
@@ -115,9 +121,22 @@ class Catalog:
             statements = self.con.extract_statements(statement)
             if len(statements) != 1 or statements[0].type not in READ_ONLY_STATEMENTS:
                 raise FilterError("invalid SQL: only a single read-only SELECT statement is allowed")
-            return self.con.sql(statement).to_arrow_table()
+            with self._time_limit():
+                return self.con.sql(statement).to_arrow_table()
+        except duckdb.InterruptException:
+            raise FilterError(f"SQL stopped after {USER_SQL_TIMEOUT_S:g} s") from None
         except duckdb.Error as exc:
             raise FilterError(f"invalid SQL: {one_line(exc)}") from None
+
+    @contextmanager
+    def _time_limit(self) -> Iterator[None]:
+        """Interrupt this thread's connection if user SQL outlives ``USER_SQL_TIMEOUT_S``."""
+        timer = threading.Timer(USER_SQL_TIMEOUT_S, self.con.interrupt)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def table(self, statement: str) -> pa.Table:
         """Run trusted internal SQL."""

@@ -33,7 +33,7 @@ def square_crop(image: Image.Image, size: int) -> np.ndarray:
 
 def normalise(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Turn uint8 crops ``(n, size, size, 3)`` into float32 model input ``(n, 3, size, size)``."""
-    pixels = crops.astype(np.float32) / 255.0
+    pixels: np.ndarray = crops.astype(np.float32) / 255.0
     pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 

@@ -1,0 +1,97 @@
+"""Request and response shapes of the HTTP API (also what ``/docs`` shows).
+
+Types are checked here; limits that depend on the server's settings (largest k,
+longest filter) are checked by the service, with one-line messages.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Modality = Literal["image", "text", "audio", "any"]
+
+
+class SearchBody(BaseModel):
+    """One query: the sum of whatever is given (text or arithmetic, a vector, an item)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: Optional[str] = Field(None, description='Text or arithmetic: "dog" + "beach" - "2:night"')
+    vector: Optional[list[float]] = Field(None, description="A query vector of the index's dimension")
+    like_id: Optional[int] = Field(None, description="More like this item (the item itself is left out)")
+    k: int = Field(10, description="Results per page")
+    offset: int = Field(0, description="Results to skip (paging)")
+    modality: Optional[Modality] = Field(None, description="What to return; default: by the query")
+    where: Optional[str] = Field(None, description="SQL boolean expression over the items columns")
+    min_score: Optional[float] = Field(None, ge=-1.0, le=1.0, description="Drop weaker hits")
+
+
+class BatchBody(BaseModel):
+    """Many queries answered in one pass (no uploads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[SearchBody] = Field(min_length=1)
+
+
+class Hit(BaseModel):
+    """One result: the item's metadata columns (null ones left out) plus links."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    score: float
+    path: str
+    modality: str
+    media_url: str
+    thumb_url: Optional[str] = None
+
+
+class SearchAnswer(BaseModel):
+    """A page of results."""
+
+    results: list[Hit]
+    took_ms: float
+    modality: str = Field(description="The modality returned")
+    k: int
+    offset: int
+    next_offset: Optional[int] = Field(None, description="Offset of the next page, null on the last one")
+    generation: int = Field(description="Index generation searched")
+
+
+class BatchAnswer(BaseModel):
+    """One page per query, in order."""
+
+    answers: list[SearchAnswer]
+    took_ms: float
+
+
+class SqlBody(BaseModel):
+    """One read-only SELECT over the views ``items`` and ``failures``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str
+
+
+UPLOAD_FORM = {
+    "type": "object",
+    "properties": {
+        "file": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "Image or audio files to search with",
+        },
+        "weight": {"type": "array", "items": {"type": "number"}, "description": "A weight per file (default 1)"},
+        "q": {"type": "string"},
+        "like_id": {"type": "integer"},
+        "k": {"type": "integer"},
+        "offset": {"type": "integer"},
+        "modality": {"type": "string", "enum": ["image", "text", "audio", "any"]},
+        "where": {"type": "string"},
+        "min_score": {"type": "number"},
+        "vector": {"type": "string", "description": "A JSON list of numbers"},
+    },
+}
