@@ -195,3 +195,13 @@ def test_items_by_id(tmp_path: Path) -> None:
     idx.remove_ids([ids[1]])
     found = idx.items([ids[3], ids[1], 999])
     assert list(found) == [ids[3]] and found[ids[3]]["path"] == "item-3"
+
+
+def test_overfetch_falls_back_when_the_nearest_rows_are_all_deleted(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    near, far = clustered(40, seed=5, clusters=1), clustered(60, seed=6)
+    ids = idx.add_vectors(np.concatenate([near, far]), rows(100))
+    idx.remove_ids(ids[:40])  # 60% stay live, but none of the query's 40 nearest
+    hits = idx.search(vector=near[0], k=5)
+    truth = brute(far, ids[40:], near[:1], 5)[0]
+    assert [h.id for h in hits] == truth

@@ -1,50 +1,58 @@
 """Fan queries out over shards and merge the per-shard top-k exactly.
 
-Each shard gets a mask of the rows it may return (live rows, narrowed by a filter),
-which reaches FAISS as an ``IDSelectorBitmap`` over row numbers. A small allowed
-set is scored exactly against the stored vectors instead: the cost is then what
-the filter lets through, and an ANN index never starves on a selective filter. On
-approximate indexes a large but partial set widens nprobe/efSearch by the inverse
-of its share. Shards hold CPU FAISS indexes, which honour selectors (GPU indexes
-would silently ignore them).
+Each shard gets a :class:`RowFilter` of the rows it may return (live rows, narrowed
+by a filter). When most rows are allowed (deletions, broad filters), the shard is
+searched without a selector for a few more than k and the disallowed rows dropped:
+a selector check on every candidate would cost more. A small allowed set is scored
+exactly against the stored vectors: the cost is then what the filter lets through,
+and an ANN index never starves on a selective filter. In between, the filter reaches
+FAISS as an ``IDSelectorBitmap`` over row numbers, and on approximate indexes
+nprobe/efSearch widen by the inverse of the allowed share. Shards hold CPU FAISS
+indexes, which honour selectors (GPU indexes would silently ignore them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import faiss
 import numpy as np
 
 from mmsearch.store import recipes
-from mmsearch.store.shard import Shard
+from mmsearch.store.shard import RowFilter, Shard
 
 EXACT_MAX = 20_000  # allowed rows up to this many are scored exactly on approximate shards
 EXACT_SHARE = 0.5  # on exact shards, below this share a gather beats a masked full scan
 MAX_WIDEN = 16.0
+OVERFETCH_SHARE = 0.5  # at least this share allowed: search unfiltered for k/share (+ margin), then drop
+OVERFETCH_MARGIN = 16
 Hit = tuple[float, int]
 _POOL = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="mmsearch-shard")
 
 
-def _search_shard(shard: Shard, queries: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _search_shard(shard: Shard, queries: np.ndarray, k: int, rows: RowFilter | None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (nq, ≤k), for one shard; id -1 marks an empty slot."""
-    widen = 1.0
-    selector = None
-    if mask is not None:
-        allowed = int(np.count_nonzero(mask))
-        if allowed == 0:
-            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        share = allowed / len(mask)
-        exact = recipes.is_exact(shard.info.recipe)
-        if allowed <= k or (share < EXACT_SHARE if exact else allowed <= EXACT_MAX):
-            return _score_rows(shard, queries, k, np.flatnonzero(mask))
-        widen = 1.0 if exact else min(1.0 / share, MAX_WIDEN)
-        bits = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-        selector.bits_owner = bits  # the selector reads this memory during the search
-    scores, rows = shard.search(queries, k, selector, widen)
+    if rows is None:
+        return _found(shard, *shard.search(queries, k))
+    if rows.allowed == 0:
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    exact = recipes.is_exact(shard.info.recipe)
+    if rows.allowed <= k or (rows.share < EXACT_SHARE if exact else rows.allowed <= EXACT_MAX):
+        return _score_rows(shard, queries, k, rows.rows)
+    if rows.share >= OVERFETCH_SHARE:
+        scores, found = shard.search(queries, math.ceil(k / rows.share) + OVERFETCH_MARGIN)
+        keep = (found >= 0) & rows.mask[np.maximum(found, 0)]
+        if (keep.sum(axis=1) >= min(k, rows.allowed)).all():
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed first, in score order
+            scores, found = np.take_along_axis(scores, order, 1), np.take_along_axis(found, order, 1)
+            return _found(shard, scores, np.where(np.take_along_axis(keep, order, 1), found, -1))
+    widen = 1.0 if exact else min(1.0 / rows.share, MAX_WIDEN)
+    return _found(shard, *shard.search(queries, k, rows.selector, widen))
+
+
+def _found(shard: Shard, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.where(rows >= 0, shard.ids[np.maximum(rows, 0)], -1)
 
 
@@ -56,17 +64,17 @@ def _score_rows(shard: Shard, queries: np.ndarray, k: int, rows: np.ndarray) -> 
 
 
 def search(
-    shards: Sequence[Shard], queries: np.ndarray, k: int, masks: Sequence[np.ndarray | None] | None = None
+    shards: Sequence[Shard], queries: np.ndarray, k: int, filters: Sequence[RowFilter | None] | None = None
 ) -> list[list[Hit]]:
     """Per query, the top-``k`` (score, id) pairs over all shards, best first (ties: lower id).
 
-    ``masks[i]``: the rows of ``shards[i]`` that may be returned (``None``: all).
+    ``filters[i]``: the rows of ``shards[i]`` that may be returned (``None``: all).
     """
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if not shards or k <= 0:
         return [[] for _ in queries]
-    masks = masks if masks is not None else [None] * len(shards)
-    jobs = list(zip(shards, masks))
+    filters = filters if filters is not None else [None] * len(shards)
+    jobs = list(zip(shards, filters))
     if len(jobs) == 1:
         parts = [_search_shard(jobs[0][0], queries, k, jobs[0][1])]
     else:

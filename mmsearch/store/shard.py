@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -184,3 +186,30 @@ def _widened(params: dict[str, float], factor: float) -> dict[str, float]:
     if factor <= 1.0:
         return params
     return {key: (value * factor if key in ("nprobe", "efSearch") else value) for key, value in params.items()}
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """The rows of one shard a search may return, with what searches derive from them
+    (computed once per generation and filter, not per query)."""
+
+    mask: np.ndarray
+
+    @cached_property
+    def allowed(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    @cached_property
+    def share(self) -> float:
+        return self.allowed / max(len(self.mask), 1)
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.mask)
+
+    @cached_property
+    def selector(self) -> faiss.IDSelectorBitmap:
+        bits = np.packbits(self.mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(bits))
+        selector.bits_owner = bits  # the selector reads this memory during every search
+        return selector

@@ -24,7 +24,7 @@ from mmsearch.store import manifest as manifest_io
 from mmsearch.store.catalog import Catalog
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
-from mmsearch.store.shard import SHARDS_DIR, Shard
+from mmsearch.store.shard import SHARDS_DIR, RowFilter, Shard
 
 Stamp = tuple[int, int, int]
 
@@ -52,7 +52,7 @@ class Snapshot:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._counts: dict[str, int] | None = None
-        self._live: list[np.ndarray | None] | None = None
+        self._live: list[RowFilter | None] | None = None
         self.allowed = lru_cache(maxsize=8)(self._allowed)
 
     @classmethod
@@ -95,24 +95,20 @@ class Snapshot:
         except (OSError, pa.ArrowException) as exc:
             raise ShardDamagedError(path, str(exc)) from None
 
-    def live(self) -> list[np.ndarray | None]:
-        """Per shard, a mask of its rows that are not deleted (``None``: all of them)."""
+    def live(self) -> list[RowFilter | None]:
+        """Per shard, its rows that are not deleted (``None``: all of them)."""
         if self._live is None:
-            self._live = [
-                mask if not (mask := ~np.isin(shard.ids, self.tombstones)).all() else None for shard in self.shards
-            ]
+            masks = [~np.isin(shard.ids, self.tombstones) for shard in self.shards]
+            self._live = [RowFilter(_frozen(mask)) if not mask.all() else None for mask in masks]
         return self._live
 
-    def _allowed(self, condition: str | None) -> list[np.ndarray | None]:
+    def _allowed(self, condition: str | None) -> list[RowFilter | None]:
         """Per shard, the rows a search may return: live and matching ``condition`` (a
         SQL expression over ``items``), evaluated once per generation and cached."""
         if condition is None:
             return self.live()
         ids = self.catalog.ids_where(condition)  # live ids only
-        masks = [np.isin(shard.ids, ids) for shard in self.shards]
-        for mask in masks:
-            mask.setflags(write=False)
-        return masks
+        return [RowFilter(_frozen(np.isin(shard.ids, ids))) for shard in self.shards]
 
     def counts(self) -> dict[str, int]:
         """Live items per modality."""
@@ -120,3 +116,8 @@ class Snapshot:
             table = self.catalog.items.group_by("modality").aggregate([("id", "count")]).sort_by("modality")
             self._counts = dict(zip(table.column("modality").to_pylist(), table.column("id_count").to_pylist()))
         return self._counts
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.setflags(write=False)
+    return mask
