@@ -83,10 +83,10 @@ def test_readers_never_fail_while_a_writer_rewrites_everything(notes) -> None:
             except Exception as exc:  # any failure is what this test looks for
                 errors.append(exc)
 
+    writer = Index.open(idx.path, encoder=HashEncoder())
     threads = [threading.Thread(target=read_loop) for _ in range(3)]
     for thread in threads:
         thread.start()
-    writer = Index.open(idx.path, encoder=HashEncoder())
     try:
         for cycle in range(4):
             write_texts(folder, count=6, suffix=f" v{cycle}")

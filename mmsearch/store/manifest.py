@@ -5,7 +5,7 @@ first and replace the manifest last, so a crash at any moment leaves the previou
 generation intact. The format is versioned with step-by-step migrations.
 
 The manifest never holds per-row data: deleted ids live in an immutable
-``shards/deletions-<generation>.npy`` (sorted int64) that the manifest names, so it
+``shards/deletions-<generation>.i64`` (sorted little-endian int64) that the manifest names, so it
 stays a few KB whatever the number of deletions.
 """
 
@@ -149,7 +149,10 @@ def _read_deletions(path: Path) -> np.ndarray:
     from mmsearch.errors import ShardDamagedError
 
     try:
-        return np.load(path, allow_pickle=False).astype(np.int64, copy=False)
+        data = path.read_bytes()
+        if len(data) % 8:
+            raise ValueError(f"{len(data)} bytes is not a whole number of int64 ids")
+        return np.frombuffer(data, dtype="<i8").astype(np.int64)
     except (OSError, ValueError) as exc:
         raise ShardDamagedError(path, str(exc)) from None
 
@@ -161,14 +164,9 @@ def commit(index_dir: Path, manifest: Manifest) -> None:
     manifest.updated_at = _now()
     tombstones = np.unique(manifest.tombstones)
     if len(tombstones) != manifest.deleted or (len(tombstones) and not manifest.deletions):
-        manifest.deletions = f"deletions-{manifest.generation:06d}.npy" if len(tombstones) else None
+        manifest.deletions = f"deletions-{manifest.generation:06d}.i64" if len(tombstones) else None
         if manifest.deletions:
             target = Path(index_dir) / SHARDS_DIR / manifest.deletions
-            atomic_write(target, lambda tmp: _save(tmp, tombstones))
+            atomic_write(target, lambda tmp: tmp.write_bytes(tombstones.astype("<i8").tobytes()))
     manifest.tombstones, manifest.deleted = tombstones, len(tombstones)
     atomic_write_bytes(manifest_path(index_dir), manifest.to_json())
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
