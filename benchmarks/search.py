@@ -1062,7 +1062,12 @@ def markdown(report: dict) -> str:
     lines = [
         "# Search at scale",
         "",
-        f"Command: `{report['command']}`",
+        f"Command: `{report['command']}`"
+        + (
+            f" (this page re-rendered from its JSON by `{report['rendered_with']}`: same measurements)"
+            if report.get("rendered_with")
+            else ""
+        ),
         "",
         f"Machine: {mc['cpu']}, {mc['cpus']} CPUs, {mc['memory_gib']} GiB RAM, no GPU; Python {mc['python']}, "
         f"FAISS {mc['faiss']} ({mc['faiss_omp_threads']} OpenMP threads, distance_compute_blas_threshold "
@@ -1388,9 +1393,9 @@ def limits(report: dict) -> list[str]:
         for name, r in c["removal"].items():
             out.append(
                 f"- 10 % removed ({name}): {r['qps_before']} -> {r['qps_after']} q/s "
-                f"({100 * r['cost_increase']:+.0f} % per query; a live-row bitmap per shard and query, nprobe "
-                f"widened by 1/0.9); manifest {r['manifest_bytes']:,} bytes, the ids in a "
-                f"{r['deletions_file_bytes']:,}-byte deletions file."
+                f"({100 * r['cost_increase']:+.0f} % per query, recall@10 {r['recall@10_before']} -> "
+                f"{r['recall@10_after']}, {r['removed_returned']} removed ids returned); manifest "
+                f"{r['manifest_bytes']:,} bytes, the ids in a {r['deletions_file_bytes']:,}-byte deletions file."
             )
         e, r = one.get("rss"), same.get("rss")
         if e and r:
@@ -1472,7 +1477,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render:  # re-derive and re-render a report from its JSON (no measurement)
-        write(json.loads(args.render.read_text()), args.out)
+        report = json.loads(args.render.read_text())
+        report["rendered_with"] = f"python benchmarks/search.py --render {args.render}"
+        write(report, args.out)
         return
     command = "python benchmarks/search.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     report: dict = {

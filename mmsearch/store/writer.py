@@ -20,7 +20,6 @@ previous generation may still read them. They are deleted by a later writer once
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
@@ -205,7 +204,7 @@ class ShardWriter:
         tiers: dict[int, list[ShardInfo]] = defaultdict(list)
         for info in self.manifest.shards:
             if info.rows < self.manifest.shard_size:  # full shards are final: merging them gains nothing
-                tiers[int(math.log(max(info.rows, 1), MERGE_FACTOR))].append(info)
+                tiers[len(str(max(info.rows, 1))) - 1].append(info)  # 1-9 rows, 10-99, ... (MERGE_FACTOR 10)
         full = [group for _, group in sorted(tiers.items()) if len(group) >= MERGE_FACTOR]
         if not full or sum(info.rows for info in full[0]) > self.manifest.shard_size * MERGE_FACTOR:
             return False
