@@ -24,6 +24,7 @@ from mmsearch.errors import (
     ModelMismatchError,
     ShardDamagedError,
     UserInputError,
+    one_line,
 )
 from mmsearch.ingest.add import AddOptions, AddSummary, add_files
 from mmsearch.ingest.discover import MODALITIES, absolute
@@ -390,8 +391,9 @@ class Index:
             if latest.generation == snap.generation:
                 if isinstance(exc, ShardDamagedError):
                     raise
-                reason = " ".join(str(exc).split())[:200]
-                raise IndexFormatError(f"index {self.path} cannot be read ({reason}); run `mmsearch repair`") from None
+                raise IndexFormatError(
+                    f"index {self.path} cannot be read ({one_line(exc)}); run `mmsearch repair`"
+                ) from None
             return operation(latest)
 
     def items(self, ids: Sequence[int]) -> dict[int, dict]:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsearch.errors import ShardDamagedError
+from mmsearch.errors import ShardDamagedError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.store import recipes
 from mmsearch.store.atomic import atomic_write
@@ -183,7 +183,7 @@ class Shard:
         try:
             rows = pq.read_metadata(self.parquet_file).num_rows
         except (OSError, pa.ArrowException) as exc:
-            return f"{self.parquet_file}: unreadable ({' '.join(str(exc).split())[:120]})"
+            return f"{self.parquet_file}: unreadable ({one_line(exc, 120)})"
         if rows != self.info.rows:
             return f"{self.parquet_file}: holds {rows} rows, the manifest says {self.info.rows}"
         return None

@@ -211,9 +211,10 @@ class ShardWriter:
         group = full[0]
         dead = self._base_tombstones | self._superseded
         for info in group:
-            vectors, rows = Shard(self.dir, info).select(dead, exclude=True)
+            segment = Shard(self.dir, info)
+            vectors, rows = segment.select(dead, exclude=True)
             self.manifest.shards.remove(info)
-            gone = set(Shard(self.dir, info).ids.tolist())
+            gone = set(segment.ids.tolist())
             self._base_tombstones -= gone
             self._superseded -= gone
             self._stage(vectors, rows, (), None, True)
