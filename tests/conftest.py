@@ -69,3 +69,13 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
         cwd=cwd,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime (2 CPUs) shared by every test that needs Ray."""
+    from mmsearch.distributed.runtime import connect
+
+    ray = connect("local", num_cpus=2)
+    yield ray
+    ray.shutdown()
