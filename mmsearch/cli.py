@@ -631,6 +631,79 @@ def compact(index: IndexOption = None, json_out: JsonOption = False) -> None:
 
 
 @app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="New folder to write (must not exist).", metavar="OUT")],
+    index: IndexOption = None,
+    format: Annotated[
+        str, typer.Option("--format", metavar="NAME", help="Layout to write (only clip-retrieval).")
+    ] = "clip-retrieval",
+    chunk_rows: Annotated[int, typer.Option(metavar="N", help="Rows per .npy/.parquet chunk file.")] = 1_000_000,
+    json_out: JsonOption = False,
+) -> None:
+    """Write the index's vectors and metadata as clip-retrieval/LAION files (img_emb/, metadata/)."""
+    if format != "clip-retrieval":
+        raise UserInputError(f"unknown --format {format!r}; the only one is clip-retrieval")
+    from mmsearch.interop import export as export_index
+
+    summary = export_index(_open(index), out, chunk_rows=chunk_rows, progress=sys.stderr.isatty() and not json_out)
+    if json_out:
+        _print_json(summary.to_dict())
+        return
+    counts = ", ".join(f"{count} {modality}" for modality, count in summary.by_modality.items()) or "nothing"
+    typer.echo(f"exported {summary.rows} vectors ({counts}) in {_plural(summary.chunks, 'chunk')} to {summary.out}")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An export folder, a clip-retrieval/LAION folder (img_emb/, text_emb/, metadata/), "
+            "or a .npy file with a .parquet of the same name.",
+            metavar="SOURCE",
+        ),
+    ],
+    index: IndexOption = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="SPEC",
+            help="Model of a new index (its space must be the source's, when the source declares one).  "
+            "[default: the model the source declares]",
+        ),
+    ] = None,
+    dim: Annotated[
+        Optional[int], typer.Option(metavar="N", help="Create a vector-only index of N dimensions instead.")
+    ] = None,
+    modality: Annotated[
+        str, typer.Option(metavar="KIND", help="What the vectors of a plain .npy + .parquet pair are.")
+    ] = "image",
+    shard_size: Annotated[int, typer.Option(metavar="N", help="Vectors per shard (new index).")] = 100_000,
+    recipe: Annotated[str, typer.Option(metavar="NAME", help="FAISS recipe for a new index (see index --help).")] = (
+        "auto"
+    ),
+    batch_rows: Annotated[int, typer.Option(metavar="N", help="Rows read and added at a time.")] = 65_536,
+    device: DeviceOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Add embeddings made elsewhere (clip-retrieval, LAION, `mmsearch export`) to an index, streaming."""
+    from mmsearch.interop import import_into, read_source, target_index
+
+    src = read_source(source, modality)
+    path = _index_path(index)
+    idx = target_index(path, src, model=model, dim=dim, shard_size=shard_size, recipe=recipe, device=device)
+    summary = import_into(idx, src, batch_rows=batch_rows, progress=sys.stderr.isatty() and not json_out)
+    if json_out:
+        _print_json(summary.to_dict())
+        return
+    counts = ", ".join(f"{count} {kind}" for kind, count in summary.by_modality.items()) or "nothing"
+    skipped = f", skipped {summary.skipped} zero or non-finite vectors" if summary.skipped else ""
+    typer.echo(f"imported {summary.rows} vectors ({counts}) into {summary.index}{skipped}")
+
+
+@app.command()
 def serve(
     index: IndexOption = None,
     host: Annotated[
