@@ -337,7 +337,7 @@ class Index:
         embed.check_files(terms)
         returned = self.result_modality(terms, modality)
         if where:
-            self._read(lambda snap: snap.catalog.ids_where(where))  # a bad filter fails before the model loads
+            self._read(lambda snap: self._check_where(snap, where))  # a bad filter fails before the model loads
         query_vector = vector if vector is not None else self.embed_terms(terms)
         return self._search(np.atleast_2d(query_vector), returned, k, where, min_score)[0]
 
@@ -365,19 +365,36 @@ class Index:
         queries = l2_normalise(queries)
 
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
-            everything_matches = returned == "any" or set(snap.counts()) <= {returned}
+            everything_matches = returned == "any" or set(self._counts(snap)) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            top = min(k, len(snap.catalog))
-            found = searcher.search(snap.shards, queries, top, snap.allowed(condition))
+            found = self._top_k(snap, queries, k, condition)
             results = []
             for hits in found:
                 if min_score is not None:
                     hits = [hit for hit in hits if hit[0] >= min_score]
-                rows = snap.catalog.rows([i for _, i in hits])
+                rows = self._rows(snap, [i for _, i in hits])
                 results.append([SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits])
             return results
 
         return self._read(lookup)
+
+    # Where a generation's data is read: here, in this process. ``RayIndex`` reads it from
+    # the Ray actors that hold the shards (mmsearch/distributed/search.py).
+
+    def _top_k(self, snap: Snapshot, queries: np.ndarray, k: int, condition: str | None) -> list[list[searcher.Hit]]:
+        return searcher.search(snap.shards, queries, min(k, len(snap.catalog)), snap.allowed(condition))
+
+    def _rows(self, snap: Snapshot, ids: Sequence[int]) -> dict[int, dict]:
+        return snap.catalog.rows(ids)
+
+    def _vectors(self, snap: Snapshot, ids: np.ndarray) -> np.ndarray:
+        return _live_vectors(snap, ids)
+
+    def _counts(self, snap: Snapshot) -> dict[str, int]:
+        return snap.counts()
+
+    def _check_where(self, snap: Snapshot, where: str) -> None:
+        snap.catalog.ids_where(where)
 
     def _read(self, operation: Callable[[Snapshot], T]) -> T:
         """Run a read on the latest snapshot. If a file it needs is gone or damaged and a
@@ -398,11 +415,11 @@ class Index:
 
     def items(self, ids: Sequence[int]) -> dict[int, dict]:
         """Metadata rows of the live items among ``ids``, keyed by id (a lookup, no scan)."""
-        return self._read(lambda snap: snap.catalog.rows(ids))
+        return self._read(lambda snap: self._rows(snap, ids))
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
-        return self._read(lambda snap: _live_vectors(snap, np.asarray(ids, dtype=np.int64)))
+        return self._read(lambda snap: self._vectors(snap, np.asarray(ids, dtype=np.int64)))
 
     def result_modality(self, terms: Sequence[Term], modality: str | None = None) -> str:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
@@ -415,7 +432,7 @@ class Index:
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""
-        return self._read(lambda snap: snap.counts())
+        return self._read(self._counts)
 
     def verify(self) -> list[str]:
         """Check every shard file against the checksums in the manifest; returns the problems."""
@@ -437,6 +454,7 @@ class Index:
     def _info(self, snap: Snapshot) -> dict:
         m = snap.manifest
         size = sum(f.stat().st_size for shard in snap.shards for f in (shard.faiss_file, shard.parquet_file))
+        counts = self._counts(snap)
         return {
             "index": str(self.path),
             "model": m.model,
@@ -446,12 +464,12 @@ class Index:
             "metric": m.metric,
             "recipe": m.recipe,
             "shard_size": m.shard_size,
-            "vectors": len(snap.catalog),
-            "by_modality": snap.counts(),
+            "vectors": sum(counts.values()),
+            "by_modality": counts,
             "shards": len(m.shards),
             "shard_recipes": _recipe_summary(m),
             "tombstones": len(m.tombstones),
-            "failures": snap.catalog.failures.num_rows,
+            "failures": snap.failure_count(),
             "size_bytes": size,
             "generation": m.generation,
             "format_version": m.format_version,
@@ -477,6 +495,14 @@ def _recipe_summary(manifest: Manifest) -> dict[str, str]:
 
 def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
     unique, inverse = np.unique(wanted, return_inverse=True)
+    out, found = found_vectors(snap, unique)
+    if not found.all():
+        raise UserInputError(f"no live item with id {int(unique[~found][0])}")
+    return out[inverse]
+
+
+def found_vectors(snap: Snapshot, unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors of sorted unique ``ids`` and which of them are live in ``snap``'s shards."""
     out = np.zeros((len(unique), snap.manifest.dim), dtype=np.float32)
     found = np.zeros(len(unique), dtype=bool)
     for shard in snap.shards:
@@ -484,10 +510,7 @@ def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
         if len(rows):
             at = np.searchsorted(unique, shard.ids[rows])
             out[at], found[at] = shard.vectors(rows), True
-    missing = ~found | np.isin(unique, snap.tombstones)
-    if missing.any():
-        raise UserInputError(f"no live item with id {int(unique[missing][0])}")
-    return out[inverse]
+    return out, found & ~np.isin(unique, snap.tombstones)
 
 
 def _combine(*conditions: str | None) -> str | None:

@@ -70,20 +70,42 @@ def search(
 
     ``filters[i]``: the rows of ``shards[i]`` that may be returned (``None``: all).
     """
+    return hits(*search_top_k(shards, queries, k, filters))
+
+
+def search_top_k(
+    shards: Sequence[Shard], queries: np.ndarray, k: int, filters: Sequence[RowFilter | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`search`, as the (scores, ids) arrays of :func:`merge`: what a group of
+    shards answers before the groups are merged in turn (``mmsearch.distributed.search``)."""
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if not shards or k <= 0:
-        return [[] for _ in queries]
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
     filters = filters if filters is not None else [None] * len(shards)
     jobs = list(zip(shards, filters))
     if len(jobs) == 1:
         parts = [_search_shard(jobs[0][0], queries, k, jobs[0][1])]
     else:
         parts = list(_POOL.map(lambda job: _search_shard(job[0], queries, k, job[1]), jobs))
+    return merge(parts, k)
+
+
+def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` of per-part (scores, ids) arrays, each (nq, any width): (nq, ≤k)
+    arrays, best first, ties by lower id, empty slots (id -1, score -inf) last.
+
+    Exact because every part is a top-k under the same order: the best k of the union
+    are among the union of the parts' best k, whether the parts are shards or groups of them.
+    """
     scores = np.concatenate([p[0] for p in parts], axis=1) if len(parts) > 1 else parts[0][0]
     ids = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
-    order = np.lexsort((ids, -scores), axis=1)  # best first, ties by lower id; empty slots (-1) sort last
-    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    results = []
-    for q_scores, q_ids in zip(scores.tolist(), ids.tolist()):
-        results.append([(s, i) for s, i in zip(q_scores, q_ids) if i >= 0][:k])
-    return results
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]  # best first, ties by lower id; empty slots sort last
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def hits(scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+    """Merged arrays as one list of (score, id) per query, without the empty slots."""
+    return [
+        [(s, i) for s, i in zip(q_scores, q_ids) if i >= 0] for q_scores, q_ids in zip(scores.tolist(), ids.tolist())
+    ]

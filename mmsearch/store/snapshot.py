@@ -95,6 +95,16 @@ class Snapshot:
         except (OSError, pa.ArrowException) as exc:
             raise ShardDamagedError(path, str(exc)) from None
 
+    def failure_count(self) -> int:
+        """Files recorded as failed (the Parquet footer alone unless the catalog is loaded)."""
+        if self._catalog is not None or not self.manifest.failures:
+            return self.catalog.failures.num_rows if self._catalog is not None else 0
+        path = self.dir / SHARDS_DIR / self.manifest.failures
+        try:
+            return pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardDamagedError(path, str(exc)) from None
+
     def live(self) -> list[RowFilter | None]:
         """Per shard, its rows that are not deleted (``None``: all of them)."""
         if self._live is None:
