@@ -732,6 +732,16 @@ def serve(
         int, typer.Option(metavar="N", help="Torch threads per query encoding (queries are batched, not split).")
     ] = 1,
     device: DeviceOption = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Search on Ray actors, each holding a group of the shards: auto (RAY_ADDRESS, else a local "
+            "runtime), local, or host:port / ray://host:port. The index folder must be visible to every node.",
+        ),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(metavar="N", help="With --ray: search actors to spread shards over.")] = 2,
 ) -> None:
     """Serve the index over HTTP: a JSON API under /api (docs at /docs) and a search page at /."""
     from mmsearch.serve import require_serve
@@ -747,7 +757,15 @@ def serve(
     )
     require_serve()
     path = _index_path(index)
-    idx = _open(path, device)
+    if ray is not None:
+        if allow_sql:
+            raise UserInputError("--allow-sql and --ray: SQL needs every row in one place; serve without --ray")
+        from mmsearch.distributed.search import RayIndex
+
+        _say(f"mmsearch: placing the shards of {path} on {_plural(ray_actors, 'Ray actor')} ...")
+        idx = RayIndex.open(path, device=device, actors=ray_actors, address=ray)
+    else:
+        idx = _open(path, device)
     from mmsearch.serve.app import create_app
     from mmsearch.serve.server import run
 

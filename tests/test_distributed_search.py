@@ -4,11 +4,18 @@ generation is committed, and for a text query on a model index."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from mmsearch import Index
 from mmsearch.distributed import placement
 from mmsearch.errors import FilterError, UserInputError
@@ -119,3 +126,42 @@ def test_placement_is_balanced_and_sticky() -> None:
     assert merged == {"a": 0, "b": 1, "e": 1}
     assert placement.groups(merged, 3) == [["a"], ["b", "e"], []]
     assert placement.assign([shard("a", 1)], {"a": 5}, 2) == {"a": 0}  # fewer actors than before
+
+
+def test_cli_serve_on_ray_answers_like_local_search(indexes, ray_runtime, tmp_path: Path) -> None:
+    """`mmsearch serve --ray auto` joins the cluster named by RAY_ADDRESS; HTTP answers equal local search."""
+    import httpx
+
+    from mmsearch.serve.server import wait_ready
+
+    local, _ = indexes
+    env = {**os.environ, "RAY_ADDRESS": ray_runtime.get_runtime_context().gcs_address}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    command = ["serve", "--index", str(local.path), "--port", "0", "--ray", "auto", "--ray-actors", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmsearch.cli", *command], stderr=subprocess.PIPE, text=True, env=env
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    try:
+        assert lines.get(timeout=120).startswith("mmsearch: placing the shards")
+        url = lines.get(timeout=120).split(" at ", 1)[1].split()[0]
+        wait_ready(url, alive=lambda: process.poll() is None)
+        query = unit(1, 8)[0]
+        for body in ({"k": 7}, {"k": 5, "where": "width > 20", "modality": "text"}):
+            answer = httpx.post(f"{url}/api/search", json={"vector": query.tolist(), **body}, timeout=60).json()
+            expected = local.search(vector=query, **body)
+            assert [(r["id"], r["path"]) for r in answer["results"]] == [(h.id, h.path) for h in expected]
+            assert [r["score"] for r in answer["results"]] == [round(h.score, 6) for h in expected]
+        info = httpx.get(f"{url}/api/info", timeout=60).json()
+        assert len(info["ray"]) == 2 and info["vectors"] == local.info()["vectors"]
+        item = httpx.get(f"{url}/api/items/{expected[0].id}", timeout=60).json()
+        assert item["path"] == expected[0].path
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+
+
+def test_cli_serve_refuses_sql_with_ray(tmp_path: Path) -> None:
+    done = run_cli("serve", "--index", str(tmp_path), "--ray", "auto", "--allow-sql")
+    assert done.returncode == 2 and "--allow-sql and --ray" in done.stderr
