@@ -31,6 +31,15 @@ def inference(device: str) -> Iterator[None]:
         yield
 
 
+def to_device(array: np.ndarray, device: str) -> torch.Tensor:
+    """A host batch on ``device``; to CUDA through pinned memory, copied without blocking the host
+    (the forward pass that follows is queued behind the copy on the same stream)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def to_numpy(vectors: torch.Tensor) -> np.ndarray:
     """Float32 rows on the host, whatever precision the model computed in."""
     return vectors.float().cpu().numpy()

@@ -25,7 +25,7 @@ import torch
 from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.models.base import Encoder, ImageInput
-from mmsearch.models.device import default_batch_size, inference, to_numpy
+from mmsearch.models.device import default_batch_size, inference, to_device, to_numpy
 from mmsearch.models.hub import RemoteWeights, ensure_available, quiet_root_logger
 
 INSTALL_HINT = "pip install 'mmsearch[hf]'"
@@ -141,7 +141,7 @@ class HfEncoder(Encoder):
         return path
 
     def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        batch = to_device(pixels, self.device)
         with inference(self.device):
             return to_numpy(pooled(self.model.get_image_features(pixel_values=batch)))
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-import torch
 
 from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.models.base import Encoder, ImageInput
-from mmsearch.models.device import default_batch_size, inference, to_numpy
+from mmsearch.models.device import default_batch_size, inference, to_device, to_numpy
 from mmsearch.models.hub import RemoteWeights, ensure_available, hub_offline, quiet_root_logger
 from mmsearch.models.spec import DEMO_DIR, OpenClipSpec, demo_weights, open_clip_spec
 
@@ -98,7 +97,7 @@ class OpenClipEncoder(Encoder):
         self.dim = int(self._embed_text_batch([""]).shape[1])
 
     def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        batch = to_device(pixels, self.device)
         with inference(self.device):
             return to_numpy(self.model.encode_image(batch))
 

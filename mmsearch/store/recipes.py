@@ -38,8 +38,10 @@ Pitfalls handled here, so callers need not know them:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -185,6 +187,24 @@ def _layers(index: faiss.Index) -> list[faiss.Index]:
 
 def _refine(index: faiss.Index) -> faiss.IndexRefine | None:
     return next((layer for layer in _layers(index) if isinstance(layer, faiss.IndexRefine)), None)
+
+
+@contextlib.contextmanager
+def _gpu_clustering(ivf: faiss.IndexIVF | None) -> Iterator[None]:
+    """Run an IVF's k-means assignments on the GPUs when faiss-gpu sees any (they are nearly
+    all of the training time); the trained index stays a CPU index, which honours selectors.
+    Without GPUs nothing changes."""
+    gpus = faiss.get_num_gpus() if ivf is not None and hasattr(faiss, "get_num_gpus") else 0
+    if not gpus:
+        yield
+        return
+    assert ivf is not None
+    assign = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
+    ivf.clustering_index = assign
+    try:
+        yield
+    finally:
+        ivf.clustering_index = None
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -393,7 +413,8 @@ def build(factory: str, vectors: np.ndarray) -> faiss.Index:
         ivf = _ivf(index)
         n = _train_rows(rows, ivf.nlist if ivf is not None else 1)
         sample = x if n >= rows else x[np.sort(np.random.default_rng(TRAIN_SEED).choice(rows, n, replace=False))]
-        index.train(sample)
+        with _gpu_clustering(ivf):
+            index.train(sample)
     if rows:
         index.add(x)
     ivf = _ivf(index)
