@@ -4,7 +4,8 @@
   mmsearch's real checkpoint path (``ViT-B-32:/path/ckpt.pt``); batches of random pixels
   through the encoder (host-to-device copy, fp16 autocast on CUDA, vectors back): img/s;
 * end to end: ``mmsearch index`` (the CLI, a fresh process) on N generated JPEG photos of
-  realistic size (default 1600×1200): discover, decode, resize, embed, write, commit; img/s
+  realistic size (default 1600×1200, ~500 kB; 32 drawn photos, each file made unique by a
+  JPEG comment): discover, hash, decode, resize, embed, write, commit; img/s
   over the whole run and without the model load, and the ratio to the model alone
   (target ≥ 0.9; ≥ 6,000 img/s for ViT-B/32 on one H100);
 * the Ray path, ``mmsearch index --ray local``, where this build has it (otherwise skipped
@@ -41,6 +42,7 @@ SEED = 20261126
 ARCH = "ViT-B-32"
 TARGET_RATIO = 0.9
 TARGET_IMG_S = 6000
+BASE_PHOTOS = 32
 
 
 def device_name() -> tuple[str, str]:
@@ -86,12 +88,29 @@ def _photo(job: tuple[Path, int, int, int]) -> int:
 
 
 def photos(folder: Path, count: int, width: int, height: int) -> int:
-    """``count`` photos in sub-folders of 1,000; returns their total bytes."""
-    jobs = [(folder / f"{i // 1000:03d}" / f"img_{i:06d}.jpg", i, width, height) for i in range(count)]
-    for sub in {job[0].parent for job in jobs}:
-        sub.mkdir(parents=True, exist_ok=True)
+    """``count`` JPEG files in sub-folders of 1,000; returns their total bytes.
+
+    ``BASE_PHOTOS`` distinct photos are drawn (seconds, not the many minutes 20,000 would
+    take); each file is one of them with a JPEG comment naming the file, so every file has its
+    own bytes (the index would reuse the vectors of identical files) and decodes like a photo.
+    """
+    bases_dir = folder / "bases"
+    bases_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(bases_dir / f"base_{i:03d}.jpg", i, width, height) for i in range(min(count, BASE_PHOTOS))]
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        return sum(pool.map(_photo, jobs, chunksize=16))
+        list(pool.map(_photo, jobs))
+    bases = [job[0].read_bytes() for job in jobs]
+    shutil.rmtree(bases_dir)
+    total = 0
+    for i in range(count):
+        path = folder / f"{i // 1000:03d}" / f"img_{i:06d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        comment = f"mmsearch benchmark photo {i}".encode()
+        base = bases[i % len(bases)]
+        data = base[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + base[2:]
+        path.write_bytes(data)
+        total += len(data)
+    return total
 
 
 def model_only(spec: str, device: str, count: int) -> dict:

@@ -35,7 +35,7 @@ def same(a: list, b: list) -> None:
     assert [[(h.id, h.path) for h in hits] for hits in a] == [[(h.id, h.path) for h in hits] for hits in b]
     scores_a = np.array([h.score for hits in a for h in hits])
     scores_b = np.array([h.score for hits in b for h in hits])
-    np.testing.assert_allclose(scores_a, scores_b, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(scores_a, scores_b)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,14 @@ def test_deletions_and_new_generations_reach_every_actor(indexes) -> None:
     assert remote.info()["vectors"] == local.info()["vectors"] == 420 - len(set(removed)) + 4
     with pytest.raises(UserInputError, match="no live item"):
         remote.vectors(removed[:1])
+
+
+def test_a_restarted_actor_is_placed_again(indexes, ray_runtime) -> None:
+    local, remote = indexes
+    ray_runtime.kill(remote.actors[0], no_restart=False)  # as if its process died
+    queries = unit(3, 12)
+    same(remote.search_batch(queries, k=10, where="width > 5"), local.search_batch(queries, k=10, where="width > 5"))
+    assert ray_runtime.get(remote.actors[0].ready.remote())["pid"] != remote.hosts[0]["pid"]  # it did restart
 
 
 def test_errors_come_back_in_one_line(indexes) -> None:

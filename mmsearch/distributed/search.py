@@ -41,6 +41,7 @@ from mmsearch.store.snapshot import Snapshot
 KEPT_VIEWS = 3  # generations an actor (and the driver) keeps, so searches on the previous one finish
 ACTOR_THREADS = 8  # concurrent calls per actor (a server's search threads)
 READY_TIMEOUT_S = 120.0
+RESTARTS = 3
 
 
 class SegmentServer:
@@ -133,7 +134,11 @@ class RayIndex(Index):
         if cpus_per_actor is None:
             cpus_per_actor = min(1.0, self.ray.available_resources().get("CPU", 0.0) / actors)
         server = self.ray.remote(SegmentServer).options(
-            num_cpus=cpus_per_actor, max_concurrency=ACTOR_THREADS, scheduling_strategy="SPREAD"
+            num_cpus=cpus_per_actor,
+            max_concurrency=ACTOR_THREADS,
+            scheduling_strategy="SPREAD",
+            max_restarts=RESTARTS,  # a lost actor comes back empty and is placed again (see _each)
+            max_task_retries=RESTARTS,  # every call is a read: safe to repeat
         )
         self.actors = [server.remote(str(self.path)) for _ in range(actors)]
         try:
