@@ -87,7 +87,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 # -- help and version ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["index", "query", "label", "info", "sql"])
+@pytest.mark.parametrize("command", ["index", "query", "label", "info", "sql", "export", "import"])
 def test_help_shows_defaults_and_flags(tmp_path: Path, command: str) -> None:
     result, heavy = run_light(tmp_path, command, "--help")
     assert result.returncode == 0, result.stderr
