@@ -5,8 +5,9 @@
   through the encoder (host-to-device copy, fp16 autocast on CUDA, vectors back): img/s;
 * end to end: ``mmsearch index`` (the CLI, a fresh process) on N generated JPEG photos of
   realistic size (default 1600×1200, ~500 kB; 32 drawn photos, each file made unique by a
-  JPEG comment): discover, hash, decode, resize, embed, write, commit; img/s
-  over the whole run and without the model load, and the ratio to the model alone
+  JPEG comment): discover, hash, decode, resize, embed, write, commit; img/s over the whole
+  process and over the ingest itself (the summary's total: no interpreter start-up, no model
+  load), and the latter's ratio to the model alone
   (target ≥ 0.9; ≥ 6,000 img/s for ViT-B/32 on one H100);
 * the Ray path, ``mmsearch index --ray local``, where this build has it (otherwise skipped
   with a note).
@@ -147,13 +148,12 @@ def index_run(folder: Path, index: Path, spec: str, device: str, extra: list[str
     if done.returncode != 0:
         raise SystemExit(f"mmsearch index failed: {done.stderr.strip()[-2000:]}")
     summary = json.loads(done.stdout)
-    load = summary["seconds"].get("load", 0.0)
     return {
         "files": summary["embedded"],
         "failed": len(summary["failed"]),
         "wall_s": round(wall, 2),
         "img_s": summary["embedded"] / wall,
-        "img_s_after_model_load": summary["embedded"] / max(wall - load, 1e-9),
+        "img_s_ingest": summary["embedded"] / summary["seconds"]["total"],
         "stages_s": summary["seconds"],
     }
 
@@ -200,7 +200,9 @@ def main() -> None:
         model = model_only(spec, device, model_images)
         print(f"model only: {model['img_s']:.1f} img/s on {name}")
         local = index_run(folder, workdir / "index-local", spec, device, extra)
-        print(f"mmsearch index: {local['img_s']:.1f} img/s ({local['img_s_after_model_load']:.1f} after model load)")
+        print(
+            f"mmsearch index: {local['img_s']:.1f} img/s ({local['img_s_ingest']:.1f} without start-up and model load)"
+        )
         if has_ray_ingest():
             ray = index_run(folder, workdir / "index-ray", spec, device, [*extra, "--ray", "local"])
             ray_note = None
@@ -211,7 +213,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    ratio = local["img_s_after_model_load"] / model["img_s"]
+    ratio = local["img_s_ingest"] / model["img_s"]
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,
@@ -254,7 +256,8 @@ def report(r: dict) -> str:
         "| --- | ---: | --- |",
         f"| model only (random pixels, batch {model['batch_size']}) | {model['img_s']:.1f} | baseline |",
         f"| `mmsearch index`, whole run | {e2e['img_s']:.1f} | {e2e['img_s'] / model['img_s']:.2f}× model |",
-        f"| `mmsearch index`, after the model load | {e2e['img_s_after_model_load']:.1f} | "
+        "| `mmsearch index`, the ingest itself (summary's total: no start-up, no model load) | "
+        f"{e2e['img_s_ingest']:.1f} | "
         f"{r['ratio_end_to_end_over_model']:.2f}× model (target ≥ {r['targets']['ratio']}) |",
     ]
     if r["ray"]:
