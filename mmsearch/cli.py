@@ -684,7 +684,10 @@ def import_(
     recipe: Annotated[str, typer.Option(metavar="NAME", help="FAISS recipe for a new index (see index --help).")] = (
         "auto"
     ),
-    batch_rows: Annotated[int, typer.Option(metavar="N", help="Rows read and added at a time.")] = 65_536,
+    batch_rows: Annotated[
+        Optional[int],
+        typer.Option(metavar="N", help="Rows read and added at a time.  [default: the index's shard size]"),
+    ] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:

@@ -42,7 +42,6 @@ FORMAT = "clip-retrieval"
 DESCRIPTOR = "mmsearch.json"
 FOLDERS = {"image": "img_emb", "text": "text_emb", "audio": "audio_emb"}
 DEFAULT_CHUNK_ROWS = 1_000_000
-DEFAULT_BATCH_ROWS = 65_536
 PATH_ALIASES = ("image_path", "url", "audio_path", "key")  # where other tools keep what mmsearch calls path
 TEXT_ALIASES = ("caption",)
 EXPORTED_COLUMNS = [name for name in ITEM_SCHEMA.names if name != "id"]  # the importing index assigns ids
@@ -404,40 +403,67 @@ def target_index(
 
 
 def import_into(
-    index: Index, source: Source, *, batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = False
+    index: Index, source: Source, *, batch_rows: int | None = None, progress: bool = False
 ) -> ImportSummary:
-    """Add every chunk of ``source`` to ``index`` through :meth:`Index.add_vectors`, a batch at a time."""
+    """Add every chunk of ``source`` to ``index`` through :meth:`Index.add_vectors`, a batch at a time.
+
+    ``batch_rows`` defaults to the index's shard size: each batch then seals one full shard and
+    no small segments are left to merge (a merge holds up to ten segments in memory).
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
     check_space(source, index.manifest, index.path)
+    batch_rows = batch_rows or index.manifest.shard_size
     if batch_rows < 1:
         raise UserInputError("batch rows must be at least 1")
     summary = ImportSummary(str(index.path), str(source.root), chunks=len(source.chunks))
     with tqdm(total=source.rows, unit="row", disable=not progress, file=sys.stderr) as bar:
-        for chunk in source.chunks:
-            for vectors, table in _batches(source.root, chunk, batch_rows):
-                good = np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
-                if not good.all():
-                    vectors, table = vectors[good], table.filter(pa.array(good))
-                    summary.skipped += int((~good).sum())
-                if len(vectors):
-                    index.add_vectors(vectors, _as_items(table, chunk.modality), modality=chunk.modality)
-                summary.rows += len(vectors)
-                summary.by_modality[chunk.modality] = summary.by_modality.get(chunk.modality, 0) + len(vectors)
-                bar.update(int(good.size))
+        for modality, vectors, table in _batches(source, batch_rows, summary):
+            index.add_vectors(vectors, table, modality=modality)
+            summary.rows += len(vectors)
+            summary.by_modality[modality] = summary.by_modality.get(modality, 0) + len(vectors)
+            bar.update(len(vectors))
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _batches(root: Path, chunk: Chunk, batch_rows: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    """Aligned (vectors, metadata) slices of one chunk; only one slice is in memory at a time."""
-    array = np.load(root / chunk.embeddings, mmap_mode="r")
-    start = 0
-    for batch in pq.ParquetFile(root / chunk.metadata).iter_batches(batch_size=batch_rows):
-        stop = start + batch.num_rows
-        yield np.array(array[start:stop], dtype=np.float32), pa.Table.from_batches([batch])
-        start = stop
+def _batches(source: Source, batch_rows: int, summary: ImportSummary) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
+    """(modality, vectors, items) batches of exactly ``batch_rows`` good rows (fewer at the end of
+    a modality), across chunk boundaries; at most two batches are in memory. Rows whose vectors
+    are zero or not finite are counted in ``summary.skipped`` and left out."""
+    vectors: list[np.ndarray] = []
+    tables: list[pa.Table] = []
+    pending, current = 0, None
+    for chunk, piece, table in _pieces(source, batch_rows):
+        good = np.isfinite(piece).all(axis=1) & (np.abs(piece).sum(axis=1) > 0)
+        if not good.all():
+            piece, table = piece[good], table.filter(pa.array(good))
+            summary.skipped += int((~good).sum())
+        if current is not None and chunk.modality != current and pending:
+            yield current, np.concatenate(vectors), pa.concat_tables(tables, promote_options="permissive")
+            vectors, tables, pending = [], [], 0
+        current = chunk.modality
+        vectors.append(piece)
+        tables.append(_as_items(table, chunk.modality))
+        pending += len(piece)
+        while pending >= batch_rows:
+            joined, rows = np.concatenate(vectors), pa.concat_tables(tables, promote_options="permissive")
+            yield current, joined[:batch_rows], rows.slice(0, batch_rows)
+            vectors, tables, pending = [joined[batch_rows:]], [rows.slice(batch_rows)], pending - batch_rows
+    if current is not None and pending:
+        yield current, np.concatenate(vectors), pa.concat_tables(tables, promote_options="permissive")
+
+
+def _pieces(source: Source, batch_rows: int) -> Iterator[tuple[Chunk, np.ndarray, pa.Table]]:
+    """Aligned (vectors, metadata) slices of each chunk, read through a memory map and Parquet batches."""
+    for chunk in source.chunks:
+        array = np.load(source.root / chunk.embeddings, mmap_mode="r")
+        start = 0
+        for batch in pq.ParquetFile(source.root / chunk.metadata).iter_batches(batch_size=batch_rows):
+            stop = start + batch.num_rows
+            yield chunk, np.array(array[start:stop], dtype=np.float32), pa.Table.from_batches([batch])
+            start = stop
 
 
 def _as_items(table: pa.Table, modality: str) -> pa.Table:

@@ -167,15 +167,16 @@ def test_broken_sources_are_refused_in_one_line(tmp_path: Path) -> None:
         import_into(idx, read_source(tmp_path / "nopath.npy"))
 
 
-def test_zero_vectors_are_skipped_not_fatal(tmp_path: Path) -> None:
+def test_zero_vectors_are_skipped_and_batches_fill_shards(tmp_path: Path) -> None:
     vectors = unit(10, 10)
     vectors[3] = 0
     vectors[5, 0] = np.nan
     np.save(tmp_path / "v.npy", vectors)
     pq.write_table(pa.table({"path": [f"p{i}" for i in range(10)]}), tmp_path / "v.parquet")
-    idx = Index.create(tmp_path / "idx", dim=DIM)
+    idx = Index.create(tmp_path / "idx", dim=DIM, shard_size=4)
     summary = import_into(idx, read_source(tmp_path / "v.npy"))
     assert (summary.rows, summary.skipped) == (8, 2)
+    assert [shard.rows for shard in idx.manifest.shards] == [4, 4]  # batches of one shard: nothing to merge
     assert sorted(idx.sql("SELECT path FROM items").column("path").to_pylist()) == [
         f"p{i}" for i in range(10) if i not in (3, 5)
     ]
