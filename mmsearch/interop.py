@@ -9,8 +9,9 @@ OUT/mmsearch.json              model spec, space id, dim, and the list of chunks
 Chunk numbers are shared by the three embedding folders: ``metadata_N`` goes with
 whichever of ``img_emb_N``/``text_emb_N``/``audio_emb_N`` exists (image chunks come
 first, so an image-only index is exactly clip-retrieval's layout). Export writes into a
-temporary folder renamed at the end; both directions stream chunk by chunk (memory-mapped
-arrays, Parquet read in batches), so their memory does not grow with the index.
+temporary folder renamed at the end; both directions stream (export appends rows to each
+chunk file, import reads memory-mapped arrays and Parquet batches), so their memory does not
+grow with the index.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -160,14 +162,14 @@ def _plan_chunks(counts: dict[str, int], chunk_rows: int) -> list[Chunk]:
 
 
 class _ChunkWriter:
-    """Fills the planned chunks of one modality in order: a memory-mapped array and a
-    Parquet writer per chunk, so only the rows in flight are in memory."""
+    """Fills the planned chunks of one modality in order: a ``.npy`` file (header first, rows
+    appended) and a Parquet writer per chunk, so only the rows in flight are in memory."""
 
     def __init__(self, root: Path, chunks: list[Chunk], dim: int) -> None:
         self.root, self.chunks, self.dim = root, list(chunks), dim
-        self._array: np.memmap | None = None
+        self._array: BinaryIO | None = None
         self._meta: pq.ParquetWriter | None = None
-        self._filled = 0
+        self._left = 0
 
     def write(self, vectors: np.ndarray, table: pa.Table) -> None:
         done = 0
@@ -175,28 +177,28 @@ class _ChunkWriter:
             if self._array is None:
                 self._open()
             assert self._array is not None and self._meta is not None
-            take = min(len(vectors) - done, len(self._array) - self._filled)
-            self._array[self._filled : self._filled + take] = vectors[done : done + take]
+            take = min(len(vectors) - done, self._left)
+            self._array.write(np.ascontiguousarray(vectors[done : done + take], dtype="<f4").tobytes())
             self._meta.write_table(table.slice(done, take))
-            self._filled += take
+            self._left -= take
             done += take
-            if self._filled == len(self._array):
+            if not self._left:
                 self._close()
 
     def _open(self) -> None:
         chunk = self.chunks.pop(0)
         for name in (chunk.embeddings, chunk.metadata):
             (self.root / name).parent.mkdir(parents=True, exist_ok=True)
-        self._array = np.lib.format.open_memmap(
-            self.root / chunk.embeddings, mode="w+", dtype=np.float32, shape=(chunk.rows, self.dim)
-        )
+        self._array = open(self.root / chunk.embeddings, "wb")  # noqa: SIM115 - stays open across write() calls
+        header = {"descr": "<f4", "fortran_order": False, "shape": (chunk.rows, self.dim)}
+        np.lib.format.write_array_header_1_0(self._array, header)
         schema = ITEM_SCHEMA.remove(ITEM_SCHEMA.get_field_index("id"))
         self._meta = pq.ParquetWriter(self.root / chunk.metadata, schema, compression="zstd")
-        self._filled = 0
+        self._left = chunk.rows
 
     def _close(self) -> None:
         assert self._array is not None and self._meta is not None
-        self._array.flush()
+        self._array.close()
         self._array = None
         self._meta.close()
         self._meta = None
