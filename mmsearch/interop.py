@@ -38,6 +38,7 @@ from mmsearch.index import Index
 from mmsearch.store.atomic import fsync_dir
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import ITEM_SCHEMA
+from mmsearch.store.shard import Shard, parquet_path
 from mmsearch.store.snapshot import Snapshot
 
 FORMAT = "clip-retrieval"
@@ -139,13 +140,13 @@ def export(
 
 
 def _live_counts(snap: Snapshot) -> dict[str, int]:
-    """Live rows per modality, from each shard's modality column (no full catalog)."""
+    """Live rows per modality, from each shard's id and modality columns (no catalog)."""
     counts: dict[str, int] = {}
-    for shard, live in zip(snap.shards, snap.live()):
-        modalities = pq.read_table(shard.parquet_file, columns=["modality"]).column("modality")
-        if live is not None:
-            modalities = modalities.filter(pa.array(live.mask))
-        for modality, count in zip(*np.unique(modalities.to_numpy(zero_copy_only=False), return_counts=True)):
+    for info in snap.manifest.shards:
+        table = pq.read_table(parquet_path(snap.dir, info.name), columns=["id", "modality"])
+        live = ~np.isin(table.column("id").to_numpy(), snap.tombstones)
+        modalities = table.column("modality").to_numpy(zero_copy_only=False)[live]
+        for modality, count in zip(*np.unique(modalities, return_counts=True)):
             counts[str(modality)] = counts.get(str(modality), 0) + int(count)
     return {m: counts[m] for m in FOLDERS if m in counts}
 
@@ -210,8 +211,9 @@ def _write_chunks(snap: Snapshot, root: Path, plan: list[Chunk], progress: bool)
     dim = snap.manifest.dim
     writers = {m: _ChunkWriter(root, [c for c in plan if c.modality == m], dim) for m in FOLDERS}
     with tqdm(total=sum(c.rows for c in plan), unit="row", disable=not progress, file=sys.stderr) as bar:
-        for shard, live in zip(snap.shards, snap.live()):
-            rows = np.arange(shard.info.rows) if live is None else live.rows
+        for info in snap.manifest.shards:
+            shard = Shard(snap.dir, info)  # not the snapshot's: its index and ids are freed after use
+            rows = np.flatnonzero(~np.isin(shard.ids, snap.tombstones))
             if not len(rows):
                 continue
             table = shard.table().take(pa.array(rows))
