@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ def _quiet(ray: ModuleType) -> None:
     context.verbose_stats_logs = False
     for name in ("ray.data", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")  # max_restarts: see below
+    warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks")  # small jobs
 
 
 def _embed_placement(ray: ModuleType, device: str | None) -> tuple[str, dict, int]:
@@ -142,12 +145,26 @@ def _run(
     progress: bool,
 ) -> _Outcome:
     """Stream ``files`` through decode → embed → seal; the driver only collects what was sealed."""
+    with warnings.catch_warnings():
+        _quiet(ray)
+        return _stream(ray, files, manifest, decoding, folder, start_id, device, progress)
+
+
+def _stream(
+    ray: ModuleType,
+    files: list[FoundFile],
+    manifest: Manifest,
+    decoding: DecodeOptions,
+    folder: Path,
+    start_id: int,
+    device: str | None,
+    progress: bool,
+) -> _Outcome:
     from tqdm import tqdm
 
     from mmsearch.distributed import stages
     from mmsearch.models.device import default_batch_size
 
-    _quiet(ray)
     (folder / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     device, resources, actors = _embed_placement(ray, device)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -168,6 +185,7 @@ def _run(
             batch_format="pyarrow",
             batch_size=default_batch_size(device),
             compute=ray.data.ActorPoolStrategy(size=actors),
+            max_restarts=0,  # a lost actor fails the job, and a rerun resumes from the staged segments
             **resources,
         )
         .map_batches(
