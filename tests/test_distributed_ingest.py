@@ -106,7 +106,7 @@ def _staged_sidecars(index_dir: Path) -> list[Path]:
 def test_a_killed_job_leaves_the_index_intact_and_the_rerun_adopts_its_segments(
     tmp_path: Path, ray_runtime, mixed: Path
 ) -> None:
-    idx = Index.create(tmp_path / "index", MODEL, shard_size=4, device="cpu")
+    idx = Index.create(tmp_path / "index", MODEL, shard_size=8, device="cpu")  # ~40 segments
     generation = idx.manifest.generation
     address = ray_runtime.get_runtime_context().gcs_address
     job = subprocess.Popen(

@@ -78,7 +78,6 @@ def add_files_ray(
     started = time.perf_counter()
     summary = RayAddSummary(index=str(index_dir))
     ray = connect(address)
-    summary.seconds["connect"] = round(time.perf_counter() - started, 3)
     with ShardWriter(index_dir) as writer:
         prepared = prepare(writer, paths, load_encoder, options, summary)
         plan, manifest = prepared.plan, writer.manifest
@@ -93,7 +92,8 @@ def add_files_ray(
             if manifest.model is None:
                 raise UserInputError(f"index {index_dir} holds vectors only: it has no model to embed files with")
             start_id = max(manifest.next_id, resumed.next_id)
-            outcome = _run(ray, todo, manifest, prepared.decoding, folder, start_id, device, options.progress)
+            job = _Job(manifest.model, manifest, prepared.decoding, folder, start_id)
+            outcome = _run(ray, todo, job, device, options.progress)
         manifest.next_id = max(manifest.next_id, resumed.next_id, outcome.next_id)
         writer.adopt(folder, resumed.segments + outcome.segments)
         writer.tombstone(resumed.hidden)
@@ -134,50 +134,44 @@ def _embed_placement(ray: ModuleType, device: str | None) -> tuple[str, dict, in
     return device, {"num_cpus": 1}, max(1, cpus // 4)
 
 
-def _run(
-    ray: ModuleType,
-    files: list[FoundFile],
-    manifest: Manifest,
-    decoding: DecodeOptions,
-    folder: Path,
-    start_id: int,
-    device: str | None,
-    progress: bool,
-) -> _Outcome:
+@dataclass(frozen=True)
+class _Job:
+    """What the pipeline needs to know of the index: its model, settings and staging folder."""
+
+    spec: str
+    manifest: Manifest
+    decoding: DecodeOptions
+    folder: Path
+    start_id: int  # ids handed to workers start here
+
+
+def _run(ray: ModuleType, files: list[FoundFile], job: _Job, device: str | None, progress: bool) -> _Outcome:
     """Stream ``files`` through decode → embed → seal; the driver only collects what was sealed."""
     with warnings.catch_warnings():
         _quiet(ray)
-        return _stream(ray, files, manifest, decoding, folder, start_id, device, progress)
+        return _stream(ray, files, job, device, progress)
 
 
-def _stream(
-    ray: ModuleType,
-    files: list[FoundFile],
-    manifest: Manifest,
-    decoding: DecodeOptions,
-    folder: Path,
-    start_id: int,
-    device: str | None,
-    progress: bool,
-) -> _Outcome:
+def _stream(ray: ModuleType, files: list[FoundFile], job: _Job, device: str | None, progress: bool) -> _Outcome:
     from tqdm import tqdm
 
     from mmsearch.distributed import stages
     from mmsearch.models.device import default_batch_size
 
-    (folder / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    manifest = job.manifest
+    (job.folder / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     device, resources, actors = _embed_placement(ray, device)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     name = f"mmsearch-ingest-{uuid.uuid4().hex}"
-    job = stages.JobState.options(name=name).remote(start_id)
-    settings = stages.EmbedSettings(manifest.model, device, manifest.space_id, manifest.audio_space_id, name)
+    state = ray.remote(num_cpus=0)(stages.JobState).options(name=name).remote(job.start_id)
+    settings = stages.EmbedSettings(job.spec, device, manifest.space_id, manifest.audio_space_id, name)
     items = [{"path": f.path, "decoder": f.decoder, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
     dataset = (
         ray.data.from_items(items, override_num_blocks=max(1, len(items) // FILES_PER_DECODE_TASK))
         .map_batches(
             stages.decode_batch,
             batch_format="pyarrow",
-            fn_kwargs={"options": decoding, "job": name},
+            fn_kwargs={"options": job.decoding, "job": name},
             compute=ray.data.TaskPoolStrategy(size=cpus),  # a size unlike the actor pool's: not fused into it
         )
         .map_batches(
@@ -192,16 +186,16 @@ def _stream(
             stages.seal_batch,
             batch_format="pyarrow",
             batch_size=manifest.shard_size,
-            fn_kwargs={"folder": str(folder), "recipe": manifest.recipe, "job": name},
+            fn_kwargs={"folder": str(job.folder), "recipe": manifest.recipe, "job": name},
         )
     )
     outcome = _Outcome()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar:
-        _collect(dataset, outcome, lambda: bar.update(ray.get(job.done.remote()) - bar.n))
+        _collect(dataset, outcome, lambda: bar.update(ray.get(state.done.remote()) - bar.n))
         bar.update(len(files) - bar.n)
-    outcome.next_id, outcome.nodes = ray.get(job.report.remote())
-    ray.kill(job)
+    outcome.next_id, outcome.nodes = ray.get(state.report.remote())
+    ray.kill(state)
     return outcome
 
 

@@ -44,9 +44,8 @@ DECODED_SCHEMA = pa.schema(
 )
 
 
-@ray.remote(num_cpus=0)
 class JobState:
-    """Ids, progress and per-node stage times of one job (one per job, on the driver's cluster)."""
+    """Ids, progress and per-node stage times of one job: a named actor (no CPU) per job."""
 
     def __init__(self, next_id: int) -> None:
         self.next_id = next_id
