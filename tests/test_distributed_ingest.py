@@ -184,3 +184,35 @@ def test_a_bad_ray_address_is_one_line(tmp_path: Path, photos: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "127.0.0.1:9" in done.stderr, done.stderr
     assert not (tmp_path / "index").exists()
+
+
+def test_resume_adopts_complete_files_and_hides_the_rest(tmp_path: Path) -> None:
+    from mmsearch.ingest.discover import FoundFile
+    from mmsearch.store.schema import items_table
+    from mmsearch.store.shard import SHARDS_DIR, seal
+
+    folder = tmp_path / "job"
+    (folder / SHARDS_DIR).mkdir(parents=True)
+    files = {p: FoundFile(p, "text", 10, 5_000_000) for p in ("/a.txt", "/b.txt", "/c.txt")}
+
+    def rows(start: int, spec: list[tuple[str, int]]) -> list[dict]:
+        return [{"id": start + n, "path": p, "size": 10, "mtime": 5000, "pieces": k} for n, (p, k) in enumerate(spec)]
+
+    vectors = np.eye(4, dtype=np.float32)
+    first = seal(
+        folder, "seg-a", "flat", vectors[:3], items_table(rows(100, [("/a.txt", 2), ("/a.txt", 2), ("/b.txt", 2)]))
+    )
+    staging.write_sidecar(folder, first)
+    stale = seal(folder, "seg-b", "flat", vectors[:1], items_table(rows(103, [("/gone.txt", 1)])))
+    staging.write_sidecar(folder, stale)
+    seal(folder, "seg-c", "flat", vectors[:1], items_table(rows(104, [("/b.txt", 2)])))  # killed before its sidecar
+
+    found = staging.sealed(folder)
+    assert sorted(info.name for info in found) == ["seg-a", "seg-b"]
+    assert sorted(p.name for p in (folder / SHARDS_DIR).iterdir()) == sorted(
+        f"{name}{ext}" for name in ("seg-a", "seg-b") for ext in (".faiss", ".parquet", ".json")
+    )
+    resumed = staging.resume(folder, found, files)
+    assert resumed.files == {"/a.txt"}  # /b.txt lost its second piece, /gone.txt is not planned
+    assert [info.name for info in resumed.segments] == ["seg-a"]
+    assert resumed.hidden == [102] and resumed.next_id == 104

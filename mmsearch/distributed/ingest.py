@@ -27,7 +27,7 @@ from types import ModuleType
 
 from mmsearch.distributed import staging
 from mmsearch.distributed.runtime import connect
-from mmsearch.errors import UserInputError
+from mmsearch.errors import MMSearchError, UserInputError, one_line
 from mmsearch.ingest.add import AddOptions, AddSummary, finish, prepare, reuse
 from mmsearch.ingest.decode import DecodeOptions
 from mmsearch.ingest.discover import FoundFile
@@ -222,4 +222,8 @@ def _collect(dataset, outcome: _Outcome, tick: Callable[[], None]) -> None:
         worker.join(PROGRESS_EVERY_S)
         tick()
     if errors:
+        if isinstance(errors[0], Exception) and not isinstance(errors[0], MMSearchError):
+            raise MMSearchError(
+                f"the Ray pipeline failed (rerun to resume from the segments sealed so far): {one_line(errors[0])}"
+            ) from errors[0]
         raise errors[0]
