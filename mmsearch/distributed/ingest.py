@@ -13,6 +13,7 @@ write segments into it) and the model spec must resolve on every node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -109,16 +110,29 @@ def add_files_ray(
     return summary
 
 
-def _quiet(ray: ModuleType) -> None:
-    """Ray Data reports every operator with its own bars and logs; the CLI has one bar."""
+@contextlib.contextmanager
+def _quiet(ray: ModuleType) -> Iterator[None]:
+    """Ray Data reports every operator with its own bars, logs and warnings; the CLI has one
+    bar. Settings are restored afterwards: a library caller keeps its own."""
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    context.verbose_stats_logs = False
-    for name in ("ray.data", "ray"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")  # max_restarts: see below
-    warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks")  # small jobs
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False, "verbose_stats_logs": False}
+    saved = {name: getattr(context, name) for name in settings}
+    loggers = {name: logging.getLogger(name) for name in ("ray.data", "ray")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")  # max_restarts: see below
+        warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks")  # small jobs
+        for name, value in settings.items():
+            setattr(context, name, value)
+        for logger in loggers.values():
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(context, name, value)
+            for name, logger in loggers.items():
+                logger.setLevel(levels[name])
 
 
 def _embed_placement(ray: ModuleType, device: str | None) -> tuple[str, dict, int]:
@@ -147,8 +161,7 @@ class _Job:
 
 def _run(ray: ModuleType, files: list[FoundFile], job: _Job, device: str | None, progress: bool) -> _Outcome:
     """Stream ``files`` through decode → embed → seal; the driver only collects what was sealed."""
-    with warnings.catch_warnings():
-        _quiet(ray)
+    with _quiet(ray):
         return _stream(ray, files, job, device, progress)
 
 
