@@ -175,17 +175,42 @@ def index(
     id_column: Annotated[
         Optional[str], typer.Option(metavar="NAME", help="Caption tables: column kept as source_id.  [default: none]")
     ] = None,
+    url_column: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="NAME",
+            help="Each PATH is a list of files/URLs (http(s)://, s3://, gs://): column NAME of a Parquet, "
+            "CSV or JSONL table, or one per line of a .txt file.",
+        ),
+    ] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Decode and embed on a Ray cluster: auto (join $RAY_ADDRESS, else start a local runtime), "
+            "local, or host:port / ray://host:10001. The index folder must be reachable from every node.",
+        ),
+    ] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Embed every supported file under each PATH; re-runs only embed what changed."""
     from mmsearch.ingest.discover import check_roots
+    from mmsearch.ingest.sources import check_lists
 
-    check_roots(paths)
+    if url_column is not None:
+        check_lists(paths)
+    else:
+        check_roots(paths)
     path = _index_path(index)
     from mmsearch.store.recipes import check_recipe
 
     check_recipe(recipe)  # before any model loads
+    if ray is not None:
+        from mmsearch.distributed.runtime import connect
+
+        connect(ray)  # a bad address fails here, in one line
     from mmsearch.index import Index
 
     if not json_out and sys.stderr.isatty():
@@ -198,6 +223,8 @@ def index(
         text_column=text_column,
         id_column=id_column,
         exclude=list(exclude or ()),
+        url_column=url_column,
+        ray=ray,
     )
     if json_out:
         _print_json(summary.to_dict())
@@ -226,6 +253,11 @@ def _summary_lines(summary: AddSummary, model: str) -> list[str]:
     if summary.previously_failed > 0:
         lines.append(f"  {_plural(summary.previously_failed, 'file')} still failing ({FAILURES_SQL})")
     lines.append("  seconds: " + ", ".join(f"{stage} {value:.2f}" for stage, value in summary.seconds.items()))
+    resumed = getattr(summary, "resumed", 0)
+    if resumed:
+        lines.append(f"  resumed {_plural(resumed, 'file')} sealed by an interrupted run (not embedded again)")
+    for node, times in getattr(summary, "nodes", {}).items():
+        lines.append(f"  node {node}: " + ", ".join(f"{stage} {value:.2f}" for stage, value in times.items()))
     return lines
 
 

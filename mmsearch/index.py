@@ -201,6 +201,8 @@ class Index:
         text_column: str | None = None,
         id_column: str | None = None,
         exclude: Sequence[str] = (),
+        url_column: str | None = None,
+        ray: str | None = None,
     ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
@@ -212,9 +214,18 @@ class Index:
         skipped and reported in the summary (and in the ``failures`` SQL view); it never
         stops the batch. A damaged shard found on the way is dropped and its files are
         embedded again. The model is loaded only if something must be embedded.
+
+        With ``url_column``, ``paths`` are lists of files/URLs (a table column, or the lines
+        of a ``.txt``). With ``ray`` (``auto``, ``local`` or a cluster address), decoding and
+        embedding run as a Ray Data pipeline on that cluster (see ``mmsearch.distributed.ingest``).
         """
-        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude))
-        summary = add_files(self.path, paths, lambda: self.encoder, options)
+        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude), url_column)
+        if ray is not None:
+            from mmsearch.distributed.ingest import add_files_ray
+
+            summary = add_files_ray(self.path, paths, lambda: self.encoder, options, ray, self.device)
+        else:
+            summary = add_files(self.path, paths, lambda: self.encoder, options)
         self.refresh()
         return summary
 

@@ -37,7 +37,7 @@ def connect(address: str = "auto", num_cpus: int | None = None) -> ModuleType:
         target = None
     if target is not None:
         _check_reachable(target)
-    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
+    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
     if target is None:
         options["num_cpus"] = num_cpus
     try:

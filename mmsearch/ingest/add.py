@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch.errors import IndexFormatError, UserInputError
-from mmsearch.ingest import pipeline
+from mmsearch.ingest import pipeline, sources
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
 from mmsearch.ingest.discover import FoundFile, check_roots, walk
-from mmsearch.ingest.plan import make_plan, mtime_us
+from mmsearch.ingest.plan import Plan, make_plan, mtime_us
+from mmsearch.ingest.sources import check_lists
 from mmsearch.models.base import Encoder
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
@@ -60,13 +61,25 @@ class AddSummary:
 
 @dataclass(frozen=True)
 class AddOptions:
-    """How to add: decode workers, progress bar, caption-table columns, exclusions."""
+    """How to add: decode workers, progress bar, caption-table columns, exclusions;
+    with ``url_column`` the paths are lists of files/URLs (see ``sources``)."""
 
     workers: int | None = None
     progress: bool = False
     text_column: str | None = None
     id_column: str | None = None
     exclude: Sequence[str] = ()
+    url_column: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A planned add inside an open writer session: what to do and how to decode it."""
+
+    plan: Plan
+    decoding: DecodeOptions
+    stored: Snapshot
+    encoder: Encoder | None
 
 
 def add_files(
@@ -78,59 +91,85 @@ def add_files(
     called only when a file must be embedded.
     """
     started = time.perf_counter()
-    roots = check_roots(paths)
     if options.workers is not None and options.workers < 0:
         raise UserInputError("workers must be 0 (decode in-process) or more")
     summary = AddSummary(index=str(index_dir))
     with ShardWriter(index_dir) as writer:
-        manifest = writer.manifest
-        summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
-        encoder = None
-        if manifest.inputs is None:  # an index from before inputs were recorded
-            encoder = _loaded(load_encoder, summary, manifest)
-        decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column)
-        stored = Snapshot(index_dir, manifest, None)
-        known = stored.catalog.table(
-            "SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items"
-        )
-        old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
-        found, unreadable, skipped = [], [], Counter()
-        own = [str(Path(index_dir).resolve())]
-        for file in walk(roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped):
-            if file.modality in manifest.inputs["modalities"]:
-                found.append(file)
-            else:
-                summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
-        summary.skipped = dict(skipped)
-        plan = make_plan(found, known, old_failures, roots, decoding.fingerprint(), unreadable)
-        summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
-
-        _reuse(writer, stored, plan.reuse, plan.replaces)
+        prepared = prepare(writer, paths, load_encoder, options, summary)
+        plan, decoding = prepared.plan, prepared.decoding
+        reuse(writer, prepared.stored, plan.reuse, plan.replaces)
         result = pipeline.IngestResult()
         if plan.embed:
-            encoder = encoder or _loaded(load_encoder, summary, manifest)
+            encoder = prepared.encoder or _loaded(load_encoder, summary, writer.manifest)
             sink = _Sink(writer, {f.path: f for f in plan.embed}, plan.replaces)
             result = pipeline.run(plan.embed, encoder, sink, decoding, options.workers, options.progress)
-        writer.tombstone(plan.gone)
-        writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
-        files = {f.path: f for f in plan.embed}
-        failures = [_failure_row(files[d.path], d.error or "", decoding) for d in result.failures]
-        writer.set_failures(plan.kept_failures + failures)
-        commit_started = time.perf_counter()
-        writer.commit()
         summary.seconds |= result.times.as_dict()
-        summary.seconds["write"] = round(summary.seconds["write"] + time.perf_counter() - commit_started, 3)
+        summary.failed = [(d.path, d.error or "") for d in result.failures]
+        summary.seconds["write"] += finish(writer, prepared, summary)
 
-    summary.found = len(found)
     summary.embedded = result.embedded_files
     summary.vectors = result.vectors
+    summary.seconds["total"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def prepare(
+    writer: ShardWriter,
+    paths: Sequence[str | Path],
+    load_encoder: Callable[[], Encoder],
+    options: AddOptions,
+    summary: AddSummary,
+) -> Prepared:
+    """Repair, discover and plan (timed as ``discover``; a model load only for old indexes)."""
+    started = time.perf_counter()
+    listed = options.url_column is not None
+    roots = check_lists(paths) if listed else check_roots(paths)
+    manifest = writer.manifest
+    summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
+    encoder = None
+    if manifest.inputs is None:  # an index from before inputs were recorded
+        encoder = _loaded(load_encoder, summary, manifest)
+    decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column)
+    stored = Snapshot(writer.dir, manifest, None)
+    known = stored.catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
+    old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
+    unreadable: list[str] = []
+    if listed:
+        candidates = sources.listed(roots, options.url_column)
+        roots = [f.path for f in candidates]
+    else:
+        skipped: Counter[str] = Counter()
+        own = [str(Path(writer.dir).resolve())]
+        walked = walk(roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped)
+        candidates = list(walked)
+        summary.skipped = dict(skipped)
+    found = []
+    for file in candidates:
+        if file.modality in manifest.inputs["modalities"]:
+            found.append(file)
+        else:
+            summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
+    plan = make_plan(found, known, old_failures, roots, decoding.fingerprint(), unreadable, listed=listed)
+    summary.found = len(found)
     summary.reused = len(plan.reuse)
     summary.unchanged = plan.unchanged
     summary.removed = len(plan.gone)
-    summary.failed = [(d.path, d.error or "") for d in result.failures]
     summary.previously_failed = len(plan.known_failures)
-    summary.seconds["total"] = round(time.perf_counter() - started, 3)
-    return summary
+    summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
+    return Prepared(plan, decoding, stored, encoder)
+
+
+def finish(writer: ShardWriter, prepared: Prepared, summary: AddSummary) -> float:
+    """Tombstone gone and superseded rows, record ``summary.failed``, commit; returns the seconds it took."""
+    started = time.perf_counter()
+    plan = prepared.plan
+    writer.tombstone(plan.gone)
+    writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
+    files = {f.path: f for f in plan.embed}
+    failures = [_failure_row(files[path], reason, prepared.decoding) for path, reason in summary.failed]
+    writer.set_failures(plan.kept_failures + failures)
+    writer.commit()
+    return round(time.perf_counter() - started, 3)
 
 
 def _loaded(load_encoder: Callable[[], Encoder], summary: AddSummary, manifest) -> Encoder:
@@ -144,7 +183,7 @@ def _loaded(load_encoder: Callable[[], Encoder], summary: AddSummary, manifest) 
     return encoder
 
 
-def _reuse(writer: ShardWriter, stored: Snapshot, reuses: list, replaces: dict[str, list[int]]) -> None:
+def reuse(writer: ShardWriter, stored: Snapshot, reuses: list, replaces: dict[str, list[int]]) -> None:
     """Copy stored vectors for renamed/copied files under new ids (read before any append)."""
     wanted = [i for reuse in reuses for i in reuse.source_ids]
     if not wanted:
@@ -175,7 +214,7 @@ class _Sink:
 
     def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
         ids = self.writer.next_ids(len(pieces))
-        rows = [_item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
+        rows = [item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
         start = 0
         for end in range(1, len(pieces) + 1):
             decoded, piece = pieces[end - 1]
@@ -191,7 +230,7 @@ def _file_fields(file: FoundFile) -> dict:
     return {"path": file.path, "modality": file.modality, "size": file.size, "mtime": mtime_us(file)}
 
 
-def _item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> dict:
+def item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> dict:
     return {
         "id": item_id,
         "content_hash": decoded.content_hash,

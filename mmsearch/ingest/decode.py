@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
+from mmsearch.ingest.sources import FetchError, read_bytes
 from mmsearch.preprocess import square_crop
 
 EXIF_ORIENTATION = 0x0112
@@ -87,19 +88,19 @@ class Decoded:
 
 
 def decode(path: str, decoder: str, options: DecodeOptions) -> Decoded:
-    """Read, hash and decode a file with the named decoder; never raises for a bad file."""
+    """Read (a local path or a URL, see ``sources``), hash and decode a file with the named
+    decoder; never raises for a bad file."""
     started = time.perf_counter()
     result = Decoded(path, decoder)
     notes: list[str] = []
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_bytes(path)
         result.content_hash = hashlib.sha256(data).hexdigest()
         with _quiet(notes):
             result.meta, result.pieces = DECODERS[decoder](data, path, options)
         if not result.pieces:
             raise DecodeError("nothing to index (empty file)")
-    except DecodeError as exc:
+    except (DecodeError, FetchError) as exc:
         result.error = str(exc)
     except Exception as exc:  # any decoder failure is a per-file outcome, never a crash
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

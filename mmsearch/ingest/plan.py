@@ -55,6 +55,8 @@ def make_plan(
     roots: list[str],
     options: str,
     unreadable: Iterable[str] = (),
+    *,
+    listed: bool = False,
 ) -> Plan:
     """Plan an add of ``found`` (everything under ``roots``) with decode ``options``.
 
@@ -63,6 +65,7 @@ def make_plan(
     ``unreadable``: folders the walk could not list; their items are not "gone".
     ``failures``: earlier failure rows with path, size, mtime_us, options (plus the rest);
     a failed file is retried once it changes or the decode options do.
+    ``listed``: ``roots`` are the items of a list (paths, URLs), matched exactly, not folders.
 
     The diff runs on Arrow columns: unchanged files and vanished ones are found by joins,
     so only new or changed files (and the rows they may reuse) reach Python objects.
@@ -104,7 +107,8 @@ def make_plan(
             continue
         if file.path in stored_ids:
             plan.replaces[file.path] = stored_ids[file.path]
-        candidates.append((file, file_digest(file.path) if file.size in sizes else None))
+        hashable = file.size in sizes and file.size > 0  # 0: empty (never indexed), missing or remote
+        candidates.append((file, file_digest(file.path) if hashable else None))
     reusable = _complete_ids_by_hash(known, {h for _, h in candidates if h})
     for file, content_hash in candidates:
         if content_hash in reusable:
@@ -113,10 +117,17 @@ def make_plan(
             plan.embed.append(file)
 
     seen = pc.is_in(known["path"], value_set=pa.array([f.path for f in files], pa.string()))
-    gone = ~seen.to_numpy(zero_copy_only=False) & paths_under(known["path"], roots)
+    if listed:
+        inside = pc.is_in(known["path"], value_set=pa.array(roots, pa.string())).to_numpy(zero_copy_only=False)
+    else:
+        inside = paths_under(known["path"], roots)
+    gone = ~seen.to_numpy(zero_copy_only=False) & inside
     gone &= ~paths_under(known["path"], list(unreadable))
     plan.gone = known.filter(pa.array(gone))["id"].to_pylist()
-    plan.kept_failures = plan.known_failures + [row for path, row in failed.items() if not under(path, roots)]
+    items = set(roots) if listed else None
+    plan.kept_failures = plan.known_failures + [
+        row for path, row in failed.items() if not (path in items if items is not None else under(path, roots))
+    ]
     return plan
 
 

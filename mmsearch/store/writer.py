@@ -20,10 +20,12 @@ previous generation may still read them. They are deleted by a later writer once
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,11 @@ import pyarrow.parquet as pq
 
 from mmsearch.errors import UserInputError
 from mmsearch.store import manifest as manifest_io
-from mmsearch.store.atomic import TMP_SUFFIX, atomic_write
+from mmsearch.store.atomic import TMP_SUFFIX, atomic_write, fsync_dir
 from mmsearch.store.lock import WriterLock
 from mmsearch.store.manifest import Manifest, ShardInfo
 from mmsearch.store.schema import FAILURE_SCHEMA, conform_items, items_table
-from mmsearch.store.shard import SHARDS_DIR, Shard, seal, shard_name
+from mmsearch.store.shard import SHARDS_DIR, Shard, faiss_path, parquet_path, seal, shard_name
 
 RETIRE_GRACE_S = 600.0
 MERGE_FACTOR = 10
@@ -177,6 +179,25 @@ class ShardWriter:
         table = pa.Table.from_pylist(rows, schema=FAILURE_SCHEMA)
         atomic_write(self.dir / SHARDS_DIR / name, lambda tmp: pq.write_table(table, tmp))
         self.manifest.failures = name
+
+    def adopt(self, folder: Path, infos: Iterable[ShardInfo]) -> None:
+        """Name segments sealed elsewhere (``folder/shards/``, e.g. by distributed workers) in
+        the next commit, under fresh names. They are hard-linked (copied where links are not
+        possible), so ``folder`` stays intact until the commit has happened."""
+        for info in infos:
+            name = shard_name(self.manifest.next_shard)
+            self.manifest.next_shard += 1
+            for source, target in (
+                (faiss_path(folder, info.name), faiss_path(self.dir, name)),
+                (parquet_path(folder, info.name), parquet_path(self.dir, name)),
+            ):
+                target.unlink(missing_ok=True)  # an orphan of a crashed run under the same name
+                try:
+                    os.link(source, target)
+                except OSError:
+                    atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+            self.manifest.shards.append(replace(info, name=name))
+        fsync_dir(self.dir / SHARDS_DIR)
 
     def detach_all(self) -> tuple[list[Shard], set[int]]:
         """Take every shard and tombstone out of the manifest for a rewrite (compaction).
