@@ -31,7 +31,7 @@ from mmsearch.ingest.discover import MODALITIES, absolute
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
-from mmsearch.search import embed, searcher
+from mmsearch.search import embed, searcher, segments
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
@@ -60,6 +60,16 @@ class SearchResult:
     path: str
     modality: str
     metadata: dict
+
+    @property
+    def start_s(self) -> float | None:
+        """Where a video hit's segment starts (seconds; ``None`` for other hits)."""
+        return self.metadata.get("start_s")
+
+    @property
+    def end_s(self) -> float | None:
+        """Where a video hit's segment ends (seconds; ``None`` for other hits)."""
+        return self.metadata.get("end_s")
 
     def to_dict(self) -> dict:
         """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
@@ -201,6 +211,7 @@ class Index:
         text_column: str | None = None,
         id_column: str | None = None,
         exclude: Sequence[str] = (),
+        video_every: float | None = None,
     ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
@@ -208,12 +219,14 @@ class Index:
         Caption tables (CSV/JSONL/Parquet) index ``text_column`` (default: a column named
         text, caption, description or title), with ``id_column`` kept as ``source_id``.
         ``exclude`` takes gitignore-style patterns (``.mmsearchignore`` files are honoured
-        too); excluded files are treated as absent. A file that cannot be decoded is
+        too); excluded files are treated as absent. Videos give a frame every
+        ``video_every`` seconds (default 2) plus one at each shot change, and their
+        soundtrack's windows when the model embeds audio. A file that cannot be decoded is
         skipped and reported in the summary (and in the ``failures`` SQL view); it never
         stops the batch. A damaged shard found on the way is dropped and its files are
         embedded again. The model is loaded only if something must be embedded.
         """
-        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude))
+        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude), video_every)
         summary = add_files(self.path, paths, lambda: self.encoder, options)
         self.refresh()
         return summary
@@ -317,6 +330,7 @@ class Index:
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
+        group: bool = True,
     ) -> list[SearchResult]:
         """The ``k`` items closest to a query, best first.
 
@@ -327,7 +341,10 @@ class Index:
         modality when the index holds none of the preferred one). ``where`` is a SQL
         boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
         so an empty list means nothing relevant. ``k`` larger than the index returns
-        everything. Safe to call from many threads at once.
+        everything. Videos (modality ``video``: frames and soundtrack windows) answer
+        with segments: touching hits in one video merge into one result carrying
+        ``start_s``/``end_s`` and its best score; ``group=False`` returns the raw rows.
+        Safe to call from many threads at once.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
@@ -339,7 +356,7 @@ class Index:
         if where:
             self._read(lambda snap: snap.catalog.ids_where(where))  # a bad filter fails before the model loads
         query_vector = vector if vector is not None else self.embed_terms(terms)
-        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score)[0]
+        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score, group)[0]
 
     def search_batch(
         self,
@@ -349,14 +366,17 @@ class Index:
         where: str | None = None,
         modality: str = "any",
         min_score: float | None = None,
+        group: bool = True,
     ) -> list[list[SearchResult]]:
-        """Many vector queries in one vectorised pass: one result list per row of ``vectors``."""
+        """Many vector queries in one vectorised pass: one result list per row of ``vectors``
+        (video hits grouped into segments as in :meth:`search`)."""
         if k < 1:
             raise UserInputError("k must be at least 1")
-        return self._search(np.atleast_2d(vectors), self.result_modality((), modality), k, where, min_score)
+        returned = self.result_modality((), modality)
+        return self._search(np.atleast_2d(vectors), returned, k, where, min_score, group)
 
     def _search(
-        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None
+        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None, group: bool
     ) -> list[list[SearchResult]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = self._manifest.dim
@@ -367,15 +387,26 @@ class Index:
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             everything_matches = returned == "any" or set(snap.counts()) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            top = min(k, len(snap.catalog))
-            found = searcher.search(snap.shards, queries, top, snap.allowed(condition))
-            results = []
-            for hits in found:
-                if min_score is not None:
-                    hits = [hit for hit in hits if hit[0] >= min_score]
-                rows = snap.catalog.rows([i for _, i in hits])
-                results.append([SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits])
-            return results
+            grouping = group and returned in ("video", "any") and "video" in snap.counts()
+            total = len(snap.catalog)
+            fetch = min(k * segments.FETCH if grouping else k, total)
+            while True:
+                found = searcher.search(snap.shards, queries, fetch, snap.allowed(condition))
+                ranked = []
+                for hits in found:
+                    if min_score is not None:
+                        hits = [hit for hit in hits if hit[0] >= min_score]
+                    rows = snap.catalog.rows([i for _, i in hits])
+                    ranked.append([(s, i, rows[i]) for s, i in hits])
+                if not grouping:
+                    break
+                grouped = [segments.group(hits, k) for hits in ranked]
+                more = any(not final and len(hits) == fetch for hits, (_, final) in zip(ranked, grouped))
+                ranked = [results for results, _ in grouped]
+                if not more or fetch >= total:
+                    break
+                fetch = min(fetch * 4, total)  # a segment may grow, or a result be missing: fetch more
+            return [[SearchResult(i, s, row["path"], row["modality"], row) for s, i, row in hits] for hits in ranked]
 
         return self._read(lookup)
 
@@ -408,10 +439,13 @@ class Index:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
         if modality is not None:
             if modality not in (*MODALITIES, "any"):
-                raise UserInputError(f"unknown modality {modality!r}; choose image, text, audio or any")
+                raise UserInputError(f"unknown modality {modality!r}; choose {', '.join(MODALITIES)} or any")
             return modality
         preferred = query_parser.result_modality(list(terms)) if terms else "any"
-        return preferred if preferred != "any" and preferred in self.info_counts() else "any"
+        counts = self.info_counts()
+        if preferred != "any" and preferred not in counts and "video" in counts:
+            return "video"  # no images (or sounds) to return: the frames (or soundtracks) of videos
+        return preferred if preferred != "any" and preferred in counts else "any"
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""
