@@ -734,12 +734,13 @@ def demo(
         Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER")
     ] = Path("demo-world"),
     images: Annotated[int, typer.Option(metavar="N", help="Scenes to generate.")] = 480,
+    videos: Annotated[int, typer.Option(metavar="N", help="Short videos (three scenes each) to generate.")] = 8,
     json_out: JsonOption = False,
 ) -> None:
     """Generate a synthetic world, index it with the demo model and query it: no network needed."""
     from mmsearch.demo import run_demo
 
-    result = run_demo(folder, images=images, say=_say if json_out else typer.echo)
+    result = run_demo(folder, images=images, say=_say if json_out else typer.echo, videos=videos)
     if json_out:
         _print_json(result)
 
