@@ -361,17 +361,21 @@ SCENE_SECONDS: tuple[float, ...] = (2.0, 4.0)  # multiples of the audio window, 
 def render_video(
     path: str | Path,
     scenes: list[tuple[Scene, float]],
-    size: int = VIDEO_SIZE,
+    size: int | tuple[int, int] = VIDEO_SIZE,
     fps: int = VIDEO_FPS,
     keyframe_every: int | None = None,
 ) -> None:
-    """Write an H.264 + AAC MP4 showing each (scene, seconds) in turn, with its sound
-    (``keyframe_every``: frames between keyframes; default: the encoder's choice)."""
+    """Write an H.264 + AAC MP4 showing each (scene, seconds) in turn, with its sound.
+
+    ``size``: a square side or (width, height) (the scene is rendered square and its
+    middle cut out); ``keyframe_every``: frames between keyframes (default: the encoder's).
+    """
     import av
 
+    width, height = (size, size) if isinstance(size, int) else size
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
-        video.width = video.height = size
+        video.width, video.height = width, height
         video.pix_fmt = "yuv420p"
         video.options = {"preset": "veryfast"}
         if keyframe_every is not None:
@@ -380,7 +384,9 @@ def render_video(
         audio.layout = "mono"
         number = 0
         for scene, seconds in scenes:
-            picture = np.asarray(render(scene, size))
+            side = max(width, height)
+            top, left = (side - height) // 2, (side - width) // 2
+            picture = np.asarray(render(scene, side))[top : top + height, left : left + width]
             for step in range(round(seconds * fps)):
                 shifted = np.roll(picture, step % 6 - 3, axis=1)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(shifted), format="rgb24")
