@@ -192,3 +192,20 @@ def test_cli_video_query_json(tmp_path: Path, clips: Path) -> None:
     assert len(lines) == 6 + 3 and all(" @ 00:0" in line for line in lines)
     bad = run_cli("index", str(folder), "--index", str(index), "--video-every", "0")
     assert bad.returncode != 0 and bad.stderr.startswith("mmsearch: error: --video-every must be a positive")
+
+
+def test_a_video_is_whole_when_its_last_piece_is_not_the_last_to_arrive(
+    tmp_path: Path, demo_encoder, clips: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames are batched with images and sound windows with audio: with batches of 3, the
+    soundtrack's last window is written while frame 4 still waits. The video becomes
+    visible once all 7 rows are in, and a re-run finds it complete."""
+    monkeypatch.setattr(demo_encoder, "batch_size", 3)
+    folder = tmp_path / "v"
+    folder.mkdir()
+    shutil.copy(clips / "cut.mp4", folder / "cut.mp4")
+    idx = Index.create(tmp_path / "index", encoder=demo_encoder)
+    assert idx.add([folder], workers=0).vectors == 7
+    assert idx.sql("SELECT count(*) AS n FROM items").to_pylist() == [{"n": 7}]
+    again = idx.add([folder], workers=0)
+    assert (again.unchanged, again.embedded) == (1, 0)
