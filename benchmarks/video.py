@@ -14,7 +14,7 @@
   (precision@10, achievable precision, temporal accuracy: the best segment of a right
   video overlaps the true scene).
 
-    python benchmarks/video.py                  # ≈ 5 min on 2 cores: 60 s of each video
+    python benchmarks/video.py                  # ≈ 10 min on 2 shared cores: 60 s of each video
     python benchmarks/video.py --seconds 600    # longer videos
 
 Writes benchmarks/results/video.json and video.md.
@@ -44,6 +44,7 @@ RESULTS = Path(__file__).parent / "results"
 SEED = 11
 FPS = 25
 KEYFRAME_S = 2
+REPEATS = 2
 
 
 def make_video(path: Path, size: tuple[int, int], seconds: float) -> None:
@@ -104,6 +105,16 @@ def keyframes_only(path: Path, size: int) -> tuple[float, int]:
     return time.perf_counter() - started, count
 
 
+def best(work):
+    """Fewest seconds of ``REPEATS`` runs of ``work``, and its result."""
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
 def throughput(root: Path, name: str, size: tuple[int, int], seconds: float, every: float, encoder) -> dict:
     folder = root / name
     folder.mkdir()
@@ -111,17 +122,18 @@ def throughput(root: Path, name: str, size: tuple[int, int], seconds: float, eve
     made = time.perf_counter()
     make_video(path, size, seconds)
     made = time.perf_counter() - made
-    index = Index.create(root / f"index-{name}", encoder=encoder)
-    started = time.perf_counter()
-    summary = index.add([folder], video_every=every)
-    end_to_end = time.perf_counter() - started
+    runs = []
+    for attempt in range(REPEATS):  # alternated, best of each: the machine is shared and noisy
+        index = Index.create(root / f"index-{name}-{attempt}", encoder=encoder)
+        started = time.perf_counter()
+        summary = index.add([folder], video_every=every)
+        runs.append((time.perf_counter() - started, summary, *plain_loop(path, encoder, every)))
+    end_to_end, summary = min(run[0] for run in runs), runs[0][1]
+    plain_s, plain_vectors = min(run[2] for run in runs), runs[0][3]
     assert not summary.failed, summary.failed
-    plain_s, plain_vectors = plain_loop(path, encoder, every)
     full_s, frames = full_decode(path)
-    sampled_s = time.perf_counter()
-    sampled = video.sample(str(path), every, encoder.image_input.size)
-    sampled_s = time.perf_counter() - sampled_s
-    key_s, keys = keyframes_only(path, encoder.image_input.size)
+    sampled_s, sampled = best(lambda: video.sample(str(path), every, encoder.image_input.size))
+    key_s, keys = best(lambda: keyframes_only(path, encoder.image_input.size)[1])
     per_sample, per_key = sampled_s / len(sampled.frames), key_s / keys
     return {
         "video": name,
