@@ -387,26 +387,20 @@ class Index:
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             everything_matches = returned == "any" or set(snap.counts()) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            grouping = group and returned in ("video", "any") and "video" in snap.counts()
+
+            def ranked(top: int) -> list[list[segments.Ranked]]:
+                found = searcher.search(snap.shards, queries, top, snap.allowed(condition))
+                if min_score is not None:
+                    found = [[hit for hit in hits if hit[0] >= min_score] for hits in found]
+                rows = snap.catalog.rows(sorted({i for hits in found for _, i in hits}))
+                return [[(s, i, rows[i]) for s, i in hits] for hits in found]
+
             total = len(snap.catalog)
-            fetch = min(k * segments.FETCH if grouping else k, total)
-            while True:
-                found = searcher.search(snap.shards, queries, fetch, snap.allowed(condition))
-                ranked = []
-                for hits in found:
-                    if min_score is not None:
-                        hits = [hit for hit in hits if hit[0] >= min_score]
-                    rows = snap.catalog.rows([i for _, i in hits])
-                    ranked.append([(s, i, rows[i]) for s, i in hits])
-                if not grouping:
-                    break
-                grouped = [segments.group(hits, k) for hits in ranked]
-                more = any(not final and len(hits) == fetch for hits, (_, final) in zip(ranked, grouped))
-                ranked = [results for results, _ in grouped]
-                if not more or fetch >= total:
-                    break
-                fetch = min(fetch * 4, total)  # a segment may grow, or a result be missing: fetch more
-            return [[SearchResult(i, s, row["path"], row["modality"], row) for s, i, row in hits] for hits in ranked]
+            if group and returned in ("video", "any") and "video" in snap.counts():
+                results = segments.top_segments(ranked, k, total)
+            else:
+                results = ranked(min(k, total))
+            return [[SearchResult(i, s, row["path"], row["modality"], row) for s, i, row in hits] for hits in results]
 
         return self._read(lookup)
 

@@ -14,7 +14,7 @@ from mmsearch import Index, world
 from mmsearch.ingest.decode import DecodeOptions, decode
 from mmsearch.ingest.video import sample
 from mmsearch.models.registry import load_encoder
-from mmsearch.search.segments import group
+from mmsearch.search.segments import FETCH, group, top_segments
 
 RED = world.Scene("circle", "red", "white", 1, "large", 1)
 BLUE = world.Scene("square", "blue", "black", 1, "large", 2)
@@ -105,6 +105,20 @@ def test_group_merges_touching_hits_of_one_video_best_first() -> None:
     assert (results[3][2]["start_s"], results[3][2]["end_s"], results[3][2]["merged"]) == (10.0, 12.0, 1)
     partial, final = group(ranked[:5], k=4)
     assert not final and len(partial) == 4  # ran out of rows: the caller fetches more
+
+
+def test_top_segments_fetches_more_until_a_segment_is_closed() -> None:
+    rows = [(1.0 - n / 100, n, _row("a.mp4", 2.0 * n)) for n in range(3 * FETCH)]  # one long scene
+    rows.append((0.1, 99, _row("b.mp4", 0.0)))
+    asked: list[int] = []
+
+    def ranked(n: int) -> list[list]:
+        asked.append(n)
+        return [rows[:n]]
+
+    ((best,),) = top_segments(ranked, k=1, total=len(rows))
+    assert asked == [FETCH, len(rows)]  # every row of a.mp4 touched the segment: it fetched on
+    assert (best[1], best[2]["start_s"], best[2]["end_s"], best[2]["merged"]) == (0, 0.0, 6.0 * FETCH, 3 * FETCH)
 
 
 @pytest.fixture(scope="module")

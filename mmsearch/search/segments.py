@@ -15,7 +15,7 @@ Pure functions on plain rows (no index, no model), so they are tested on their o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 GAP_S = 0.5  # rows whose spans are this close still touch (offsets are rounded; samples may jitter)
@@ -80,3 +80,16 @@ def _result(segment: _Segment) -> Ranked:
         return segment.score, segment.item_id, segment.row
     extra = {"start_s": round(segment.start, 6), "end_s": round(segment.end, 6), "merged": segment.merged}
     return segment.score, segment.item_id, segment.row | extra
+
+
+def top_segments(ranked: Callable[[int], list[list[Ranked]]], k: int, total: int) -> list[list[Ranked]]:
+    """Per query, the best ``k`` results with video rows grouped. ``ranked(n)`` gives each
+    query's best ``n`` rows (fewer when no more qualify); ``k * FETCH`` are asked for first,
+    four times more while some query's results are not final and more rows exist."""
+    fetch = min(k * FETCH, total)
+    while True:
+        rows = ranked(fetch)
+        grouped = [group(hits, k) for hits in rows]
+        if fetch >= total or all(final or len(hits) < fetch for hits, (_, final) in zip(rows, grouped)):
+            return [results for results, _ in grouped]
+        fetch = min(fetch * 4, total)
