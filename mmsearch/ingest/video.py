@@ -208,7 +208,7 @@ def _decode(container, packets: list[_Packet], every: float, size: int, sound_ra
     gop_of = {p.pts: p.gop for p in packets}
     result = _describe(container, stream, packets, time_base, path)
     audio = container.streams.audio[0] if sound_rate and container.streams.audio else None
-    sound = _Soundtrack(sound_rate) if audio is not None else None
+    sound = _Soundtrack(sound_rate) if audio is not None and sound_rate else None
     outstanding = {gop: 0 for gop in wanted.gops}
     for pts in wanted.samples | wanted.candidates:
         outstanding[gop_of[pts]] += 1
