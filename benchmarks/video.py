@@ -128,7 +128,7 @@ def throughput(root: Path, name: str, size: tuple[int, int], seconds: float, eve
         started = time.perf_counter()
         summary = index.add([folder], video_every=every)
         runs.append((time.perf_counter() - started, summary, *plain_loop(path, encoder, every)))
-    end_to_end, summary = min(run[0] for run in runs), runs[0][1]
+    end_to_end, summary = min(((run[0], run[1]) for run in runs), key=lambda pair: pair[0])
     plain_s, plain_vectors = min(run[2] for run in runs), runs[0][3]
     assert not summary.failed, summary.failed
     full_s, frames = full_decode(path)
