@@ -12,7 +12,8 @@ keyframe and its size. From that index the sampler picks the frames worth decodi
   fresh picture whether or not it starts a new group of pictures there).
 
 The decode pass then feeds the decoder only the groups of pictures (GOPs) that hold a
-wanted frame, and only up to that frame. Every decoded picture that differs from the one
+wanted frame, and only up to that frame (then the decoder is drained rather than fed the
+pictures that would push the wanted ones out). Every decoded picture that differs from the one
 decoded before it becomes a sample too, so the cut itself (which, with B-frames, may come
 just before the candidate packet) starts a segment.
 Each sample's ``duration_s`` runs until the next sample. The soundtrack is decoded in
@@ -25,6 +26,7 @@ from __future__ import annotations
 import bisect
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
 from statistics import median
@@ -209,9 +211,8 @@ def _decode(container, packets: list[_Packet], every: float, size: int, sound_ra
     result = _describe(container, stream, packets, time_base, path)
     audio = container.streams.audio[0] if sound_rate and container.streams.audio else None
     sound = _Soundtrack(sound_rate) if audio is not None and sound_rate else None
-    outstanding = {gop: 0 for gop in wanted.gops}
-    for pts in wanted.samples | wanted.candidates:
-        outstanding[gop_of[pts]] += 1
+    wanted_pts = wanted.samples | wanted.candidates
+    unsent = Counter(gop_of[pts] for pts in wanted_pts)  # per GOP, wanted pictures not yet sent
     kept: list[tuple[float, np.ndarray]] = []
     previous: np.ndarray | None = None  # the picture just before, when nothing was skipped since
     last: np.ndarray | None = None  # the last picture decoded at all
@@ -222,8 +223,6 @@ def _decode(container, packets: list[_Packet], every: float, size: int, sound_ra
         if frame.pts is None:
             return
         signature = _signature(frame)
-        if frame.pts in wanted.samples or frame.pts in wanted.candidates:
-            outstanding[gop_of[frame.pts]] -= 1
         # Any decoded frame may be the cut: with B-frames it can precede the candidate packet.
         # After a skip, only a candidate keyframe is compared, with the last picture seen.
         if previous is not None:
@@ -237,6 +236,7 @@ def _decode(container, packets: list[_Packet], every: float, size: int, sound_ra
                 result.cuts.append(time_s)
         previous = last = signature
 
+    codec = stream.codec_context
     streams = [stream] if audio is None else [stream, audio]
     for packet in container.demux(*streams):
         if packet.stream.type == "audio":
@@ -246,16 +246,22 @@ def _decode(container, packets: list[_Packet], every: float, size: int, sound_ra
         if packet.pts is None:
             continue
         gop += bool(packet.is_keyframe)
-        if not (outstanding.get(gop, 0) or outstanding.get(gop - 1, 0)):  # nothing wanted here, or no more
+        if not unsent.get(gop):  # nothing wanted in this GOP, or nothing more
             dirty, previous = True, None
             continue
         if dirty and packet.is_keyframe:
-            stream.codec_context.flush_buffers()  # frames of a skipped GOP must not leak in
+            codec.flush_buffers()  # frames of a skipped GOP must not leak in
             dirty = False
         result.decoded += 1
-        for frame in stream.codec_context.decode(packet):
+        for frame in codec.decode(packet):
             receive(frame)
-    for frame in stream.codec_context.decode(None):
+        if packet.pts in wanted_pts:
+            unsent[gop] -= 1
+            if not unsent[gop]:  # every wanted picture is in the decoder: drain it rather than decode on
+                for frame in codec.decode(None):
+                    receive(frame)
+                codec.flush_buffers()
+    for frame in codec.decode(None):
         receive(frame)
     result.frames = _unique_sorted(kept)
     if not result.frames:
