@@ -61,7 +61,7 @@ class Sampled:
     """What sampling a video gave: (time in seconds, uint8 crop) per sample, and its cost."""
 
     frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    cuts: list[float] = field(default_factory=list)  # times of candidates kept as shot changes
+    cuts: list[float] = field(default_factory=list)  # shot changes: pictures unlike the one decoded before
     packets: int = 0  # video packets in the file
     decoded: int = 0  # video packets sent to the decoder
     duration: float = 0.0
