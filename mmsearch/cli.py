@@ -192,6 +192,13 @@ def index(
             "local, or host:port / ray://host:10001. The index folder must be reachable from every node.",
         ),
     ] = None,
+    video_every: Annotated[
+        Optional[float],
+        typer.Option(
+            metavar="SECONDS",
+            help="Videos: seconds between sampled frames; shot changes add frames.  [default: 2]",
+        ),
+    ] = None,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -203,6 +210,8 @@ def index(
         check_lists(paths)
     else:
         check_roots(paths)
+    if video_every is not None and not video_every > 0:
+        raise UserInputError(f"--video-every must be a positive number of seconds, not {video_every}")
     path = _index_path(index)
     from mmsearch.store.recipes import check_recipe
 
@@ -225,6 +234,7 @@ def index(
         exclude=list(exclude or ()),
         url_column=url_column,
         ray=ray,
+        video_every=video_every,
     )
     if json_out:
         _print_json(summary.to_dict())
@@ -277,8 +287,8 @@ def query(
         typer.Option(
             "--modality",
             metavar="KIND",
-            help="What to return: image, text, audio or any.  "
-            "[default: images for text/image queries, audio for audio queries]",
+            help="What to return: image, text, audio, video (frames and soundtracks) or any.  "
+            "[default: images for text/image queries, audio for audio queries; video where those are absent]",
         ),
     ] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", metavar="N", help="Number of results.")] = 10,
@@ -290,6 +300,10 @@ def query(
         Optional[float],
         typer.Option(metavar="SCORE", help="Drop results scoring below this (cosine, -1..1).  [default: keep all]"),
     ] = None,
+    no_group: Annotated[
+        bool,
+        typer.Option("--no-group", help="Videos: list every matching frame and sound window, not merged segments."),
+    ] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line.")] = False,
     null: Annotated[
         bool, typer.Option("--null", "-0", help="Print only paths, each ended by a NUL byte (for xargs -0).")
@@ -325,12 +339,21 @@ def query(
     if server:
         if index is not None:
             raise UserInputError("--index and --server: choose one (the server searches its own index)")
+        if no_group:
+            raise UserInputError("--no-group works on a local index, not with --server")
         hits, returned = _forward_query(server, token, terms, expression, modality, k, where, min_score)
     else:
         idx = _open(index, device)
         returned = idx.result_modality(terms, modality)
         hits = idx.search(
-            query=expression, image=image, audio=audio, modality=returned, k=k, where=where, min_score=min_score
+            query=expression,
+            image=image,
+            audio=audio,
+            modality=returned,
+            k=k,
+            where=where,
+            min_score=min_score,
+            group=not no_group,
         )
     if json_out:
         _print_json([{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)])
@@ -398,12 +421,24 @@ def _check_file_terms(terms: Sequence[Term]) -> None:
 def _locate(hit) -> str:
     """A path plus where in the file the hit is: a time offset or a text snippet."""
     meta = hit.metadata
+    if meta.get("start_s") is not None:
+        best = f"best {meta.get('track')} at {_clock(meta['offset_s'])}"
+        return f"{hit.path} @ {_clock(meta['start_s'])}–{_clock(meta['end_s'])} ({best})"
+    if meta.get("offset_s") is not None and meta.get("track"):
+        return f"{hit.path} @ {_clock(meta['offset_s'])} ({meta['track']})"
     if meta.get("offset_s") is not None:
         return f"{hit.path} @ {meta['offset_s']:.1f}s"
     if meta.get("text"):
         snippet = " ".join(meta["text"].split())
         return f"{hit.path}: {snippet[:70]}{'…' if len(snippet) > 70 else ''}"
     return hit.path
+
+
+def _clock(seconds: float) -> str:
+    """``83.4`` -> ``01:23`` (``1:01:23`` past an hour), as a player shows it."""
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute:02d}:{second:02d}"
 
 
 @app.command()
@@ -825,12 +860,13 @@ def demo(
         Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER")
     ] = Path("demo-world"),
     images: Annotated[int, typer.Option(metavar="N", help="Scenes to generate.")] = 480,
+    videos: Annotated[int, typer.Option(metavar="N", help="Short videos (three scenes each) to generate.")] = 8,
     json_out: JsonOption = False,
 ) -> None:
     """Generate a synthetic world, index it with the demo model and query it: no network needed."""
     from mmsearch.demo import run_demo
 
-    result = run_demo(folder, images=images, say=_say if json_out else typer.echo)
+    result = run_demo(folder, images=images, say=_say if json_out else typer.echo, videos=videos)
     if json_out:
         _print_json(result)
 

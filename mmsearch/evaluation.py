@@ -127,3 +127,78 @@ class Scorer:
         accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
         said = "" if language == "en" else f"[{language}]"
         return {"direction": f"{modality}→class{said} (zero-shot top-1)", "queries": len(ids), "precision": accuracy}
+
+
+class VideoScorer:
+    """Search quality over the videos of ``world.generate_videos``, whose scenes' times are known.
+
+    A query (a class text such as "a red circle", or a fresh sound of that class) returns
+    video segments. A segment is relevant when it overlaps a scene of the query's colour
+    and shape (text queries also want one object). ``precision`` is precision@k,
+    ``achievable_precision`` divides by ``min(k, matching scenes)`` instead, which small
+    worlds need, and ``temporal_accuracy`` is, over the returned videos that hold such
+    a scene, the share whose best segment overlaps one: right video, right moment.
+    """
+
+    def __init__(self, index: Index, world_dir: Path, k: int = 10, seed: int = 0) -> None:
+        self.index, self.k, self.seed = index, k, seed
+        self.scenes: dict[str, list[dict]] = {}
+        for row in json.loads((Path(world_dir) / "videos.json").read_text(encoding="utf-8")):
+            self.scenes.setdefault(str((Path(world_dir) / row["file"]).resolve()), []).append(row)
+
+    def directions(self) -> list[str]:
+        """Query modalities the index's model embeds: text, and audio when it hears."""
+        return ["text", "audio"] if "audio" in self.index.encoder.modalities else ["text"]
+
+    def score(self, source: str = "text") -> dict:
+        """Mean figures over one query per class that some video shows."""
+        precisions, achievable, on_time, in_right_video = [], [], 0, 0
+        for wanted, vector in self._queries(source):
+            matching = sum(self._matches(scene, wanted) for scenes in self.scenes.values() for scene in scenes)
+            hits = self.index.search(vector=vector, modality="video", k=self.k)
+            found, judged = 0, set()
+            for hit in hits:
+                overlapping = self._overlapping(hit.path, hit.start_s, hit.end_s, wanted)
+                found += overlapping
+                right_video = any(self._matches(scene, wanted) for scene in self.scenes.get(hit.path, []))
+                if right_video and hit.path not in judged:  # the video's best segment: at the right moment?
+                    judged.add(hit.path)
+                    in_right_video += 1
+                    on_time += overlapping
+            precisions.append(found / self.k)
+            achievable.append(min(found, matching) / min(self.k, matching))
+        return {
+            "direction": f"{source}→video segment",
+            "queries": len(precisions),
+            "precision": float(np.mean(precisions)) if precisions else None,
+            "achievable_precision": float(np.mean(achievable)) if achievable else None,
+            "temporal_accuracy": on_time / in_right_video if in_right_video else None,
+        }
+
+    def _queries(self, source: str):
+        shown = sorted({(s["colour"], s["shape"]) for scenes in self.scenes.values() for s in scenes})
+        if source == "text":
+            queries = [world.class_query(colour, shape) for colour, shape in shown]
+            vectors = self.index.encoder.embed_texts(queries)
+            for (colour, shape), vector in zip(shown, vectors):
+                wanted = {"colour": colour, "shape": shape, "count": 1}
+                if any(self._matches(s, wanted) for scenes in self.scenes.values() for s in scenes):
+                    yield wanted, vector
+            return
+        rate = self.index.encoder.audio_input.sample_rate if self.index.encoder.audio_input else world.SAMPLE_RATE
+        for number, (colour, shape) in enumerate(shown):
+            scene = world.Scene(shape, colour, "grey", 1, "large", self.seed * 1000 + number)
+            wave = world.render_sound(scene, rate)
+            yield {"colour": colour, "shape": shape}, self.index.encoder.embed("audio", [wave])[0]
+
+    @staticmethod
+    def _matches(scene: dict, wanted: dict) -> bool:
+        return all(scene[key] == value for key, value in wanted.items())
+
+    def _overlapping(self, path: str, start: float | None, end: float | None, wanted: dict) -> bool:
+        if start is None or end is None:
+            return False
+        return any(
+            self._matches(scene, wanted) and start < scene["end_s"] and end > scene["start_s"]
+            for scene in self.scenes.get(path, [])
+        )

@@ -31,7 +31,7 @@ from mmsearch.ingest.discover import MODALITIES, absolute
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
-from mmsearch.search import embed, searcher
+from mmsearch.search import embed, searcher, segments
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
@@ -60,6 +60,16 @@ class SearchResult:
     path: str
     modality: str
     metadata: dict
+
+    @property
+    def start_s(self) -> float | None:
+        """Where a video hit's segment starts (seconds; ``None`` for other hits)."""
+        return self.metadata.get("start_s")
+
+    @property
+    def end_s(self) -> float | None:
+        """Where a video hit's segment ends (seconds; ``None`` for other hits)."""
+        return self.metadata.get("end_s")
 
     def to_dict(self) -> dict:
         """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
@@ -203,6 +213,7 @@ class Index:
         exclude: Sequence[str] = (),
         url_column: str | None = None,
         ray: str | None = None,
+        video_every: float | None = None,
     ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
@@ -210,7 +221,9 @@ class Index:
         Caption tables (CSV/JSONL/Parquet) index ``text_column`` (default: a column named
         text, caption, description or title), with ``id_column`` kept as ``source_id``.
         ``exclude`` takes gitignore-style patterns (``.mmsearchignore`` files are honoured
-        too); excluded files are treated as absent. A file that cannot be decoded is
+        too); excluded files are treated as absent. Videos give a frame every
+        ``video_every`` seconds (default 2) plus one at each shot change, and their
+        soundtrack's windows when the model embeds audio. A file that cannot be decoded is
         skipped and reported in the summary (and in the ``failures`` SQL view); it never
         stops the batch. A damaged shard found on the way is dropped and its files are
         embedded again. The model is loaded only if something must be embedded.
@@ -219,7 +232,7 @@ class Index:
         of a ``.txt``). With ``ray`` (``auto``, ``local`` or a cluster address), decoding and
         embedding run as a Ray Data pipeline on that cluster (see ``mmsearch.distributed.ingest``).
         """
-        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude), url_column)
+        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude), url_column, video_every)
         if ray is not None:
             from mmsearch.distributed.ingest import add_files_ray
 
@@ -328,6 +341,7 @@ class Index:
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
+        group: bool = True,
     ) -> list[SearchResult]:
         """The ``k`` items closest to a query, best first.
 
@@ -338,7 +352,10 @@ class Index:
         modality when the index holds none of the preferred one). ``where`` is a SQL
         boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
         so an empty list means nothing relevant. ``k`` larger than the index returns
-        everything. Safe to call from many threads at once.
+        everything. Videos (modality ``video``: frames and soundtrack windows) answer
+        with segments: touching hits in one video merge into one result carrying
+        ``start_s``/``end_s`` and its best score; ``group=False`` returns the raw rows.
+        Safe to call from many threads at once.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
@@ -350,7 +367,7 @@ class Index:
         if where:
             self._read(lambda snap: self._check_where(snap, where))  # a bad filter fails before the model loads
         query_vector = vector if vector is not None else self.embed_terms(terms)
-        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score)[0]
+        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score, group)[0]
 
     def search_batch(
         self,
@@ -360,14 +377,17 @@ class Index:
         where: str | None = None,
         modality: str = "any",
         min_score: float | None = None,
+        group: bool = True,
     ) -> list[list[SearchResult]]:
-        """Many vector queries in one vectorised pass: one result list per row of ``vectors``."""
+        """Many vector queries in one vectorised pass: one result list per row of ``vectors``
+        (video hits grouped into segments as in :meth:`search`)."""
         if k < 1:
             raise UserInputError("k must be at least 1")
-        return self._search(np.atleast_2d(vectors), self.result_modality((), modality), k, where, min_score)
+        returned = self.result_modality((), modality)
+        return self._search(np.atleast_2d(vectors), returned, k, where, min_score, group)
 
     def _search(
-        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None
+        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None, group: bool
     ) -> list[list[SearchResult]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = self._manifest.dim
@@ -378,14 +398,20 @@ class Index:
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             everything_matches = returned == "any" or set(self._counts(snap)) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-            found = self._top_k(snap, queries, k, condition)
-            results = []
-            for hits in found:
+
+            def ranked(top: int) -> list[list[segments.Ranked]]:
+                found = self._top_k(snap, queries, top, condition)
                 if min_score is not None:
-                    hits = [hit for hit in hits if hit[0] >= min_score]
-                rows = self._rows(snap, [i for _, i in hits])
-                results.append([SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits])
-            return results
+                    found = [[hit for hit in hits if hit[0] >= min_score] for hits in found]
+                rows = self._rows(snap, sorted({i for hits in found for _, i in hits}))
+                return [[(s, i, rows[i]) for s, i in hits] for hits in found]
+
+            total = sum(self._counts(snap).values())
+            if group and returned in ("video", "any") and "video" in self._counts(snap):
+                results = segments.top_segments(ranked, k, total)
+            else:
+                results = ranked(min(k, total))
+            return [[SearchResult(i, s, row["path"], row["modality"], row) for s, i, row in hits] for hits in results]
 
         return self._read(lookup)
 
@@ -436,10 +462,13 @@ class Index:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
         if modality is not None:
             if modality not in (*MODALITIES, "any"):
-                raise UserInputError(f"unknown modality {modality!r}; choose image, text, audio or any")
+                raise UserInputError(f"unknown modality {modality!r}; choose {', '.join(MODALITIES)} or any")
             return modality
         preferred = query_parser.result_modality(list(terms)) if terms else "any"
-        return preferred if preferred != "any" and preferred in self.info_counts() else "any"
+        counts = self.info_counts()
+        if preferred != "any" and preferred not in counts and "video" in counts:
+            return "video"  # no images (or sounds) to return: the frames (or soundtracks) of videos
+        return preferred if preferred != "any" and preferred in counts else "any"
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""

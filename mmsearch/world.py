@@ -346,3 +346,86 @@ def compose_recording(
     """A long recording: each scene's sound (or quiet noise for ``None``) in turn."""
     quiet = np.random.default_rng(0).normal(0, 0.005, round(sample_rate * seconds)).astype(np.float32)
     return np.concatenate([quiet if s is None else render_sound(s, sample_rate, seconds) for s in scenes])
+
+
+# -- videos ---------------------------------------------------------------------------
+# Short films: scenes in turn, each shown for a few seconds (its shapes drifting a little,
+# so frames are not identical) with that scene's sound on the soundtrack. Where each
+# scene starts and ends is known, so a search can be scored on finding the right moment.
+
+VIDEO_FPS = 10
+VIDEO_SIZE = 96
+SCENE_SECONDS: tuple[float, ...] = (2.0, 4.0)  # multiples of the audio window, so windows match scenes
+
+
+def render_video(
+    path: str | Path,
+    scenes: list[tuple[Scene, float]],
+    size: int | tuple[int, int] = VIDEO_SIZE,
+    fps: int = VIDEO_FPS,
+    keyframe_every: int | None = None,
+) -> None:
+    """Write an H.264 + AAC MP4 showing each (scene, seconds) in turn, with its sound.
+
+    ``size``: a square side or (width, height) (the scene is rendered square and its
+    middle cut out); ``keyframe_every``: frames between keyframes (default: the encoder's).
+    """
+    import av
+
+    width, height = (size, size) if isinstance(size, int) else size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv420p"
+        video.options = {"preset": "veryfast"}
+        if keyframe_every is not None:
+            video.codec_context.gop_size = keyframe_every
+        audio = container.add_stream("aac", rate=SAMPLE_RATE)
+        audio.layout = "mono"
+        number = 0
+        for scene, seconds in scenes:
+            side = max(width, height)
+            top, left = (side - height) // 2, (side - width) // 2
+            picture = np.asarray(render(scene, side))[top : top + height, left : left + width]
+            for step in range(round(seconds * fps)):
+                shifted = np.roll(picture, step % 6 - 3, axis=1)
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(shifted), format="rgb24")
+                frame.pts = number
+                number += 1
+                container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        wave = np.concatenate([render_sound(scene, SAMPLE_RATE, seconds) for scene, seconds in scenes])
+        chunk = 1024
+        for start in range(0, len(wave), chunk):
+            sound = av.AudioFrame.from_ndarray(wave[None, start : start + chunk], format="flt", layout="mono")
+            sound.sample_rate, sound.pts = SAMPLE_RATE, start
+            container.mux(audio.encode(sound))
+        container.mux(audio.encode(None))
+
+
+def generate_videos(
+    out_dir: str | Path, n: int, seed: int, scenes_per_video: int = 3, size: int = VIDEO_SIZE
+) -> list[dict]:
+    """Write ``n`` videos under ``out_dir/videos/`` and their scenes to ``out_dir/videos.json``.
+
+    Each video shows ``scenes_per_video`` scenes of 2 or 4 seconds; ``videos.json`` lists,
+    per scene, the file, ``start_s``, ``end_s`` and the scene's attributes (a JSON file,
+    so indexing the folder does not take it for a caption table). Deterministic in
+    ``seed``, apart from the encoder's bytes.
+    """
+    import json
+
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 2])
+    rows = []
+    for index in range(n):
+        scenes = [(sample_scene(rng), SCENE_SECONDS[rng.integers(len(SCENE_SECONDS))]) for _ in range(scenes_per_video)]
+        file = f"videos/vid_{index:06d}.mp4"
+        render_video(out / file, scenes, size)
+        start = 0.0
+        for scene, seconds in scenes:
+            rows.append({"file": file, "start_s": start, "end_s": start + seconds, **_attributes(scene)})
+            start += seconds
+    (out / "videos.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return rows

@@ -84,7 +84,7 @@ def test_modality_selection(tmp_path: Path, encoder, mixed: Path) -> None:
     texts = idx.search(image=image, modality="text", k=3)
     assert len(texts) == 3 and all(h.metadata["text"] for h in texts)
     with pytest.raises(UserInputError, match="unknown modality"):
-        idx.search("red", modality="video")
+        idx.search("red", modality="smell")
 
 
 def test_text_only_index_answers_text_queries_with_text(tmp_path: Path, encoder) -> None:

@@ -88,7 +88,7 @@ def test_demo_command_runs_offline(tmp_path: Path) -> None:
     result = run_cli("demo", str(tmp_path / "demo"), "--images", "48", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert {row["direction"] for row in report["scores"]} >= {"text→image", "image→image"}
+    assert {row["direction"] for row in report["scores"]} >= {"text→image", "image→image", "text→video segment"}
     assert 'query "a red circle"' in result.stderr
 
 

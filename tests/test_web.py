@@ -50,6 +50,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rng = np.random.default_rng(SEED)
     scenes = [world.sample_scene(rng) for _ in range(2)]
     soundfile.write(folder / "long.wav", world.compose_recording([None, scenes[0], None, scenes[1]]), world.SAMPLE_RATE)
+    world.render_video(folder / "film.mp4", [(scenes[1], 2.0), (scenes[0], 4.0), (scenes[1], 2.0)])
     Index.create(root / "index", model="demo").add([folder], workers=0)
     return {"root": root, "world": folder, "index": root / "index"}
 
@@ -182,6 +183,18 @@ def test_sounds_start_at_the_hit_and_texts_show_snippets(page, server: str, shot
     assert abs(audio.evaluate("a => a.duration") - 8.0) < 0.05
     page.goto(server + "/?q=a+red+circle&modality=text&k=12")
     expect(page.locator("#results > li.text blockquote").first).to_contain_text("red")
+
+
+def test_a_video_hit_plays_from_its_segment(page, server: str) -> None:
+    answer = httpx.get(server + "/api/search", params={"q": "a circle", "modality": "video", "k": 12}, timeout=60)
+    hit = answer.json()["results"][0]
+    assert hit["modality"] == "video" and hit["start_s"] <= hit["offset_s"] < hit["end_s"]
+    page.goto(server + "/?q=a+circle&modality=video&k=12")
+    card = page.locator(f"#results > li[data-id='{hit['id']}']")
+    video = card.locator("video")
+    expect(video).to_have_attribute("data-offset", f"{hit['start_s']:g}")
+    assert video.get_attribute("src").endswith(f"#t={hit['start_s']:g}")
+    expect(card.locator(".at")).to_contain_text(f"scene {hit['start_s']:.1f}–{hit['end_s']:.1f} s")
 
 
 def test_keyboard_filter_and_paging(page, server: str) -> None:

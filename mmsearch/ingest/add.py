@@ -61,7 +61,7 @@ class AddSummary:
 
 @dataclass(frozen=True)
 class AddOptions:
-    """How to add: decode workers, progress bar, caption-table columns, exclusions;
+    """How to add: decode workers, progress bar, caption-table columns, exclusions, video sampling;
     with ``url_column`` the paths are lists of files/URLs (see ``sources``)."""
 
     workers: int | None = None
@@ -70,6 +70,7 @@ class AddOptions:
     id_column: str | None = None
     exclude: Sequence[str] = ()
     url_column: str | None = None
+    video_every: float | None = None  # seconds between sampled frames (default: DecodeOptions')
 
 
 @dataclass
@@ -93,6 +94,8 @@ def add_files(
     started = time.perf_counter()
     if options.workers is not None and options.workers < 0:
         raise UserInputError("workers must be 0 (decode in-process) or more")
+    if options.video_every is not None and not options.video_every > 0:
+        raise UserInputError(f"video_every must be a positive number of seconds, not {options.video_every}")
     summary = AddSummary(index=str(index_dir))
     with ShardWriter(index_dir) as writer:
         prepared = prepare(writer, paths, load_encoder, options, summary)
@@ -129,7 +132,7 @@ def prepare(
     encoder = None
     if manifest.inputs is None:  # an index from before inputs were recorded
         encoder = _loaded(load_encoder, summary, manifest)
-    decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column)
+    decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column, options.video_every)
     stored = Snapshot(writer.dir, manifest, None)
     known = stored.catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
     old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
@@ -145,7 +148,7 @@ def prepare(
         summary.skipped = dict(skipped)
     found = []
     for file in candidates:
-        if file.modality in manifest.inputs["modalities"]:
+        if pipeline.indexable(file.modality, manifest.inputs["modalities"]):
             found.append(file)
         else:
             summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
@@ -207,20 +210,29 @@ def reuse(writer: ShardWriter, stored: Snapshot, reuses: list, replaces: dict[st
 
 
 class _Sink:
-    """Receives embedded batches; each file's rows form one visibility group."""
+    """Receives embedded batches; each file's rows form one visibility group.
+
+    A file's pieces may arrive in several batches and, for a video, out of order (its
+    frames are batched with images, its soundtrack with audio), so the group is complete
+    once as many rows as the file has pieces have arrived, whichever piece came last.
+    """
 
     def __init__(self, writer: ShardWriter, files: dict[str, FoundFile], replaces: dict[str, list[int]]) -> None:
         self.writer, self.files, self.replaces = writer, files, replaces
+        self.missing: dict[str, int] = {}
 
     def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
         ids = self.writer.next_ids(len(pieces))
         rows = [item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
         start = 0
         for end in range(1, len(pieces) + 1):
-            decoded, piece = pieces[end - 1]
+            decoded = pieces[end - 1][0]
             if end < len(pieces) and pieces[end][0] is decoded:
                 continue
-            last = piece is decoded.pieces[-1]
+            missing = self.missing.pop(decoded.path, len(decoded.pieces)) - (end - start)
+            last = missing == 0
+            if not last:
+                self.missing[decoded.path] = missing
             replaced = self.replaces.pop(decoded.path, ()) if last else ()
             self.writer.append(vectors[start:end], rows[start:end], replaced, group=decoded.path, last=last)
             start = end

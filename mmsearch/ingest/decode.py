@@ -1,7 +1,8 @@
 """Decoding: turn one file into model-ready pieces plus metadata, in a worker process.
 
 An image is one piece; a text file is split into passages; a caption table gives a
-piece per row; an audio file gives a piece per fixed window. Runs without torch so
+piece per row; an audio file gives a piece per fixed window; a video gives a piece
+per sampled frame and per soundtrack window (:mod:`mmsearch.ingest.video`). Runs without torch so
 worker processes start fast. A file that cannot be decoded yields a result carrying
 the reason instead of raising: one bad file never stops a batch. Whatever the
 libraries say while decoding (Python warnings, text C code writes to file
@@ -29,6 +30,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.hashing import file_digest
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
 from mmsearch.ingest.sources import FetchError, read_bytes
 from mmsearch.preprocess import square_crop
@@ -60,6 +62,8 @@ class DecodeOptions:
     text_column: str | None = None
     id_column: str | None = None
     max_pixels: int = 100_000_000  # the most pixels decoded at once (~300 MB of RGB) after any reduced decode
+    video_every: float = 2.0  # seconds between sampled video frames (shot changes add more)
+    soundtrack: bool = True  # decode a video's sound (only when the model embeds audio)
 
     def fingerprint(self) -> str:
         """Identifies the settings, so a failure is retried when they change."""
@@ -68,10 +72,14 @@ class DecodeOptions:
 
 @dataclass
 class Piece:
-    """One future vector: the model input and its own metadata (e.g. an offset)."""
+    """One future vector: the model input and its own metadata (e.g. an offset).
+
+    ``modality`` names the encoder input when it is not the file's own (a video's frames
+    are images, its soundtrack windows audio)."""
 
     payload: np.ndarray | str
     meta: dict = field(default_factory=dict)
+    modality: str | None = None
 
 
 @dataclass
@@ -94,8 +102,11 @@ def decode(path: str, decoder: str, options: DecodeOptions) -> Decoded:
     result = Decoded(path, decoder)
     notes: list[str] = []
     try:
-        data = read_bytes(path)
-        result.content_hash = hashlib.sha256(data).hexdigest()
+        if decoder in OPENED_BY_PATH:  # a film is read by its demuxer, never whole into memory
+            data, result.content_hash = b"", file_digest(path)
+        else:
+            data = read_bytes(path)
+            result.content_hash = hashlib.sha256(data).hexdigest()
         with _quiet(notes):
             result.meta, result.pieces = DECODERS[decoder](data, path, options)
         if not result.pieces:
@@ -433,6 +444,11 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
     except soundfile.LibsndfileError as exc:
         raise DecodeError(f"{_not_readable('audio', data)}: {exc.error_string}") from None
     wave = resample(samples.mean(axis=1), rate, options.sample_rate)
+    return {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower())}, windows(wave, options)
+
+
+def windows(wave: np.ndarray, options: DecodeOptions) -> list[Piece]:
+    """Fixed windows of a mono wave at the model's rate, with their offsets (the last one padded)."""
     window = round(options.window_s * options.sample_rate)
     pieces = []
     for start in range(0, max(len(wave), 1), window):
@@ -443,7 +459,7 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
         padded[: len(chunk)] = chunk
         seconds = len(chunk) / options.sample_rate
         pieces.append(Piece(padded, {"offset_s": start / options.sample_rate, "duration_s": seconds}))
-    return {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower())}, pieces
+    return pieces
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -455,9 +471,21 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return soxr.resample(wave, rate, target).astype(np.float32)
 
 
+# -- video ----------------------------------------------------------------------------
+
+
+def decode_video(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
+    """Sampled frames and soundtrack windows (PyAV, imported only when a video comes)."""
+    from mmsearch.ingest import video
+
+    return video.decode_video(path, options)
+
+
+OPENED_BY_PATH = frozenset({"video"})
 DECODERS: dict[str, Callable[[bytes, str, DecodeOptions], tuple[dict, list[Piece]]]] = {
     "image": decode_image,
     "text": decode_text,
     "table": decode_table,
     "audio": decode_audio,
+    "video": decode_video,
 }

@@ -30,9 +30,13 @@ EXTENSIONS_BY_DECODER = {
     "text": (".txt", ".md", ".markdown"),
     "table": (".csv", ".jsonl", ".parquet"),
     "audio": (".wav", ".flac", ".ogg", ".mp3"),
+    "video": (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"),
 }
-MODALITY_OF_DECODER = {"image": "image", "text": "text", "table": "text", "audio": "audio"}
-MODALITIES = ("image", "text", "audio")
+MODALITY_OF_DECODER = {"image": "image", "text": "text", "table": "text", "audio": "audio", "video": "video"}
+MODALITIES = ("image", "text", "audio", "video")
+# What a model must embed for a modality to be indexed: a video's frames are images
+# (its soundtrack is indexed too when the model also embeds audio).
+ENCODED_AS = {"video": "image"}
 DECODER_BY_EXTENSION = {ext: decoder for decoder, exts in EXTENSIONS_BY_DECODER.items() for ext in exts}
 IGNORE_FILE = ".mmsearchignore"
 
@@ -40,8 +44,11 @@ HEAD_BYTES = 32  # enough for every signature below
 DECODER_OF_FORMAT = {
     **dict.fromkeys(("jpeg", "png", "gif", "webp", "tiff", "bmp", "heic", "avif"), "image"),
     **dict.fromkeys(("wav", "flac", "ogg", "mp3"), "audio"),
+    **dict.fromkeys(("mp4", "mov", "matroska", "avi"), "video"),
 }
 HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+AUDIO_ONLY_BRANDS = {b"M4A ", b"M4B ", b"M4P "}  # ISO media holding sound alone: not a video
+EBML = b"\x1a\x45\xdf\xa3"  # Matroska and WebM
 BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 
 
@@ -68,14 +75,20 @@ def sniff(head: bytes) -> str | None:
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
     if head[:4] in (b"RIFF", b"RF64"):
-        return {b"WEBP": "webp", b"WAVE": "wav"}.get(head[8:12])
+        return {b"WEBP": "webp", b"WAVE": "wav", b"AVI ": "avi"}.get(head[8:12])
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
     if head[:2] == b"BM" and head[6:10] == bytes(4) and int.from_bytes(head[14:18], "little") in BMP_HEADER_SIZES:
         return "bmp"
     if head[4:8] == b"ftyp":
         brands = {head[i : i + 4] for i in range(8, min(len(head), int.from_bytes(head[:4], "big")), 4)}
-        return "avif" if brands & {b"avif", b"avis"} else "heic" if brands & HEIC_BRANDS else None
+        if brands & {b"avif", b"avis"}:
+            return "avif"
+        if brands & HEIC_BRANDS:
+            return "heic"
+        return None if head[8:12] in AUDIO_ONLY_BRANDS else "mov" if head[8:12] == b"qt  " else "mp4"
+    if head[:4] == EBML:
+        return "matroska"
     if head[:4] == b"fLaC":
         return "flac"
     if head[:4] == b"OggS":

@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
-from mmsearch.ingest.discover import MODALITY_OF_DECODER, FoundFile
+from mmsearch.ingest.discover import ENCODED_AS, MODALITY_OF_DECODER, FoundFile
 from mmsearch.models.base import Encoder
 
 INLINE_BELOW = 32  # fewer files than this are decoded in-process: worker start-up costs more
@@ -60,10 +60,20 @@ def inputs_of(encoder: Encoder) -> dict:
     return inputs
 
 
-def decode_options(inputs: dict, text_column: str | None, id_column: str | None) -> DecodeOptions:
+def decode_options(
+    inputs: dict, text_column: str | None, id_column: str | None, video_every: float | None = None
+) -> DecodeOptions:
     """What decode workers need to know to prepare input for an encoder with ``inputs``."""
     settings = {key: inputs[key] for key in ("image_size", "sample_rate", "window_s") if key in inputs}
+    settings["soundtrack"] = "audio" in inputs.get("modalities", ())
+    if video_every is not None:
+        settings["video_every"] = video_every
     return replace(DecodeOptions(text_column=text_column, id_column=id_column), **settings)
+
+
+def indexable(modality: str, encoded: Sequence[str]) -> bool:
+    """Whether files of ``modality`` can be indexed by a model that embeds ``encoded``."""
+    return ENCODED_AS.get(modality, modality) in encoded
 
 
 def default_workers(n_files: int) -> int:
@@ -159,8 +169,9 @@ def run(
                 bar.update(1)
                 continue
             result.embedded_files += 1
-            modality = MODALITY_OF_DECODER[decoded.decoder]
+            own = MODALITY_OF_DECODER[decoded.decoder]
             for piece in decoded.pieces:
+                modality = piece.modality or own
                 batches[modality].append((decoded, piece))
                 if len(batches[modality]) >= encoder.batch_size:
                     flush(modality)

@@ -39,6 +39,12 @@ TYPES = {
     "flac": "audio/flac",
     "ogg": "audio/ogg",
     "mp3": "audio/mpeg",
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
 }
 # A served file is data, never a page: no scripts, no plugins, no sniffing.
 MEDIA_HEADERS = {

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Modality = Literal["image", "text", "audio", "any"]
+Modality = Literal["image", "text", "audio", "video", "any"]
 
 
 class SearchBody(BaseModel):
@@ -89,7 +89,7 @@ UPLOAD_FORM = {
         "like_id": {"type": "integer"},
         "k": {"type": "integer"},
         "offset": {"type": "integer"},
-        "modality": {"type": "string", "enum": ["image", "text", "audio", "any"]},
+        "modality": {"type": "string", "enum": ["image", "text", "audio", "video", "any"]},
         "where": {"type": "string"},
         "min_score": {"type": "number"},
         "vector": {"type": "string", "description": "A JSON list of numbers"},

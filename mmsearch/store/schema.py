@@ -33,6 +33,9 @@ ITEM_SCHEMA = pa.schema(
         ("source_id", pa.string()),
         ("extra", pa.string()),
         ("notes", pa.string()),  # decoder warnings worth keeping (e.g. corrupt EXIF), not printed
+        ("track", pa.string()),  # a video's row: "frame" (an image vector) or "sound" (an audio window)
+        ("fps", pa.float64()),  # video frame rate
+        ("duration", pa.float64()),  # seconds of the whole video (duration_s is the row's own span)
     ]
 )
 

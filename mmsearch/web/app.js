@@ -165,14 +165,13 @@ function mediaOf(hit) {
   }
   if (hit.modality === "audio") {
     const offset = Number(hit.offset_s || 0);
-    const audio = element("audio", { controls: "", preload: "metadata", src: `${hit.media_url}#t=${offset}` });
-    audio.dataset.offset = String(offset);
-    // Browsers that ignore the #t= fragment still start at the hit.
-    audio.addEventListener("loadedmetadata", () => {
-      if (Math.abs(audio.currentTime - offset) > 0.05) audio.currentTime = offset;
-    });
-    const at = element("div", { class: "at", text: offset ? `hit at ${offset.toFixed(1)} s` : "hit at the start" });
-    return element("div", { class: "media" }, audio, at);
+    return player("audio", hit, offset, offset ? `hit at ${offset.toFixed(1)} s` : "hit at the start");
+  }
+  if (hit.modality === "video") {
+    // A segment (start_s–end_s) when hits are grouped, else one frame or sound window.
+    const start = Number(hit.start_s ?? hit.offset_s ?? 0);
+    const end = Number(hit.end_s ?? start + Number(hit.duration_s || 0));
+    return player("video", hit, start, `scene ${start.toFixed(1)}–${end.toFixed(1)} s (best ${hit.track || "hit"})`);
   }
   const text = String(hit.text || "");
   return element(
@@ -180,6 +179,16 @@ function mediaOf(hit) {
     { class: "media" },
     element("blockquote", { text: text.length > 400 ? `${text.slice(0, 400)}…` : text }),
   );
+}
+
+// A player that starts at the hit: the #t= fragment, and currentTime for browsers that ignore it.
+function player(tag, hit, offset, label) {
+  const media = element(tag, { controls: "", preload: "metadata", src: `${hit.media_url}#t=${offset}` });
+  media.dataset.offset = String(offset);
+  media.addEventListener("loadedmetadata", () => {
+    if (Math.abs(media.currentTime - offset) > 0.05) media.currentTime = offset;
+  });
+  return element("div", { class: "media" }, media, element("div", { class: "at", text: label }));
 }
 
 function card(hit, rank) {
@@ -217,7 +226,7 @@ function render(answer, elapsed) {
   $("results").replaceChildren(...results.map((hit, i) => card(hit, answer.offset + i + 1)));
   const first = answer.offset + 1;
   const last = answer.offset + results.length;
-  const kind = { image: "images", text: "texts", audio: "sounds", any: "items" }[answer.modality] || "items";
+  const kind = { image: "images", text: "texts", audio: "sounds", video: "videos", any: "items" }[answer.modality] || "items";
   if (!results.length) {
     setStatus(answer.offset ? "No more results." : `No ${kind} match${$("min_score").value ? " above the minimum score" : ""}.`);
   } else {
