@@ -542,7 +542,7 @@ def _live_vectors(snap: Snapshot, wanted: np.ndarray) -> np.ndarray:
 
 
 def found_vectors(snap: Snapshot, unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stored vectors of sorted unique ``ids`` and which of them are live in ``snap``'s shards."""
+    """Stored vectors of ``unique`` (sorted, distinct ids) and which of them are live in ``snap``."""
     out = np.zeros((len(unique), snap.manifest.dim), dtype=np.float32)
     found = np.zeros(len(unique), dtype=bool)
     for shard in snap.shards:
