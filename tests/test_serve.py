@@ -295,7 +295,7 @@ BAD_GETS = [
     ({"q": "red", "k": "many"}, 422, "k: Input should be a valid integer"),
     ({"q": "red", "offset": -1}, 400, "offset must be between 0"),
     ({"q": "red", "offset": 10_001}, 400, "offset must be between 0"),
-    ({"q": "red", "modality": "video"}, 422, "modality"),
+    ({"q": "red", "modality": "smell"}, 422, "modality"),
     ({"q": "red", "min_score": 2}, 422, "min_score"),
     ({"q": "red", "where": "width >>> 3"}, 400, "invalid --where filter"),
     ({"q": "red", "where": "no_such_column = 1"}, 400, "no_such_column"),
