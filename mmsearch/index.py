@@ -31,6 +31,7 @@ from mmsearch.ingest.discover import MODALITIES, absolute
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.rerank.base import Reranker
 from mmsearch.search import embed, searcher
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -53,20 +54,27 @@ def _jsonable(value: object) -> object:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata."""
+    """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata;
+    after re-ranking, ``match_prob`` is the re-ranker's calibrated probability of a match."""
 
     id: int
     score: float
     path: str
     modality: str
     metadata: dict
+    match_prob: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
         extra = {k: _jsonable(v) for k, v in self.metadata.items() if v is not None}
-        return {"id": self.id, "score": round(self.score, 6), "path": self.path, "modality": self.modality} | {
-            k: v for k, v in extra.items() if k not in ("id", "path", "modality")
-        }
+        judged = {} if self.match_prob is None else {"match_prob": round(self.match_prob, 6)}
+        return {
+            "id": self.id,
+            "score": round(self.score, 6),
+            **judged,
+            "path": self.path,
+            "modality": self.modality,
+        } | {k: v for k, v in extra.items() if k not in ("id", "path", "modality")}
 
 
 class Index:
@@ -78,6 +86,7 @@ class Index:
         self.device = device
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
+        self._rerankers: dict[str, Reranker] = {}
         self._snapshot = Snapshot.load(self.path)
         if encoder is not None:
             self._check_space(encoder)
@@ -316,7 +325,10 @@ class Index:
         modality: str | None = None,
         k: int = 10,
         where: str | None = None,
-        min_score: float | None = None,
+        min_score: float | str | None = None,
+        rerank: bool | str = False,
+        rerank_depth: int = 50,
+        min_prob: float | None = None,
     ) -> list[SearchResult]:
         """The ``k`` items closest to a query, best first.
 
@@ -326,8 +338,15 @@ class Index:
         by default images for text and image queries, audio for audio queries (or any
         modality when the index holds none of the preferred one). ``where`` is a SQL
         boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
-        so an empty list means nothing relevant. ``k`` larger than the index returns
-        everything. Safe to call from many threads at once.
+        so an empty list means nothing relevant (``"auto"``: hits that stand out from the
+        query's scores over this index, see :mod:`mmsearch.rerank.autoscore`). ``k`` larger
+        than the index returns everything. Safe to call from many threads at once.
+
+        ``rerank`` (``True`` for the index model's default re-ranker, or a re-ranker spec such
+        as ``"blip:Salesforce/blip-itm-base-coco"``) re-scores the ``rerank_depth`` best
+        candidates with a cross-attention model and orders them by its calibrated
+        ``match_prob``; ``min_prob`` (which implies ``rerank``) keeps only hits at least that
+        probable. See :mod:`mmsearch.rerank.stage`.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
@@ -338,8 +357,27 @@ class Index:
         returned = self.result_modality(terms, modality)
         if where:
             self._read(lambda snap: snap.catalog.ids_where(where))  # a bad filter fails before the model loads
+        if rerank or min_prob is not None:
+            from mmsearch.rerank import stage
+
+            stage.check(rerank_depth, min_prob)
+            judge = stage.query_of(terms)
+            reranker = self.reranker(rerank if isinstance(rerank, str) else None)
+            query_vector = vector if vector is not None else self.embed_terms(terms)
+            hits = self._search(np.atleast_2d(query_vector), returned, max(k, rerank_depth), where, min_score)[0]
+            return stage.rerank(reranker, judge, hits, k, min_prob)
         query_vector = vector if vector is not None else self.embed_terms(terms)
         return self._search(np.atleast_2d(query_vector), returned, k, where, min_score)[0]
+
+    def reranker(self, spec: str | None = None) -> Reranker:
+        """The re-ranker ``spec`` (default: the one for this index's model), loaded once."""
+        from mmsearch.rerank import registry as rerankers
+
+        spec = spec or rerankers.default_reranker(self._manifest.model)
+        with self._encoder_lock:
+            if spec not in self._rerankers:
+                self._rerankers[spec] = rerankers.load_reranker(spec, self.device)
+            return self._rerankers[spec]
 
     def search_batch(
         self,
@@ -348,7 +386,7 @@ class Index:
         k: int = 10,
         where: str | None = None,
         modality: str = "any",
-        min_score: float | None = None,
+        min_score: float | str | None = None,
     ) -> list[list[SearchResult]]:
         """Many vector queries in one vectorised pass: one result list per row of ``vectors``."""
         if k < 1:
@@ -356,7 +394,7 @@ class Index:
         return self._search(np.atleast_2d(vectors), self.result_modality((), modality), k, where, min_score)
 
     def _search(
-        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None
+        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | str | None
     ) -> list[list[SearchResult]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = self._manifest.dim
@@ -369,15 +407,36 @@ class Index:
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
             top = min(k, len(snap.catalog))
             found = searcher.search(snap.shards, queries, top, snap.allowed(condition))
+            floors = self._floors(snap, queries, returned, min_score)
             results = []
-            for hits in found:
-                if min_score is not None:
-                    hits = [hit for hit in hits if hit[0] >= min_score]
+            for hits, floor in zip(found, floors):
+                if floor is not None:
+                    hits = [hit for hit in hits if hit[0] >= floor]
                 rows = snap.catalog.rows([i for _, i in hits])
                 results.append([SearchResult(i, s, rows[i]["path"], rows[i]["modality"], rows[i]) for s, i in hits])
             return results
 
         return self._read(lookup)
+
+    def _floors(
+        self, snap: Snapshot, queries: np.ndarray, returned: str, min_score: float | str | None
+    ) -> list[float | None]:
+        """Per query, the lowest score kept: ``min_score`` itself, or its ``"auto"`` threshold."""
+        if min_score != "auto":
+            if isinstance(min_score, str):
+                raise UserInputError(f"min_score must be a number or 'auto', not {min_score!r}")
+            return [min_score] * len(queries)
+        from mmsearch.rerank import autoscore
+
+        def load() -> np.ndarray:
+            items = snap.catalog.items
+            ids = items.column("id").to_numpy()
+            if returned != "any":
+                ids = ids[np.asarray(items.column("modality").to_pylist()) == returned]
+            return _live_vectors(snap, autoscore.sample_ids(ids))
+
+        sample = autoscore.cached_sample((str(self.path), snap.generation, returned), load)
+        return autoscore.thresholds(queries, sample).tolist()
 
     def _read(self, operation: Callable[[Snapshot], T]) -> T:
         """Run a read on the latest snapshot. If a file it needs is gone or damaged and a

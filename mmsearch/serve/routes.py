@@ -52,9 +52,16 @@ def build_router(service: SearchService) -> APIRouter:
         offset: int = 0,
         modality: Optional[Modality] = None,
         where: Annotated[Optional[str], Query(description="SQL boolean expression over items")] = None,
-        min_score: Annotated[Optional[float], Query(ge=-1.0, le=1.0)] = None,
+        min_score: Annotated[Optional[str], Query(description="A cosine -1..1, or auto")] = None,
+        rerank: bool = False,
+        reranker: Optional[str] = None,
+        rerank_depth: int = 50,
+        min_prob: Optional[float] = None,
     ) -> JSONResponse:
-        body = SearchBody(q=q, like_id=like_id, k=k, offset=offset, modality=modality, where=where, min_score=min_score)
+        fields = {"rerank": rerank, "reranker": reranker, "rerank_depth": rerank_depth, "min_prob": min_prob}
+        body = SearchBody(
+            q=q, like_id=like_id, k=k, offset=offset, modality=modality, where=where, min_score=min_score, **fields
+        )
         query = await service.run(lambda: service.check(body))
         return JSONResponse(await service.search(query, _root(request)))
 
