@@ -8,7 +8,8 @@ black background") drawn from another seed. Ground truth comes from the generato
 
 * P@10 and nDCG@10 of the vector stage alone and re-ranked (depth 50), per direction
   (text→image, text→audio), over queries with at least one true match in the index;
-* ``min_prob=0.5``: precision and recall of what is kept, the share of present-thing
+* ``min_prob=0.5`` (with ``--absent`` further queries for things the index lacks):
+  precision and recall of what is kept, the share of present-thing
   queries that keep something, and the share of absent-thing queries (no true match in the
   index) answered with an empty list; the same for the vector stage's ``min_score="auto"``;
 * expected calibration error of ``match_prob`` over every judged (query, candidate) pair;
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +67,16 @@ class Truth:
         )
 
 
-def queries(modality: str, n: int, seed: int) -> list[str]:
-    """Distinct compositional queries: what a scene shows, with its count (and background)."""
+def queries(modality: str, n: int, seed: int, keep: Callable[[str], bool] = lambda text: True) -> list[str]:
+    """Distinct compositional queries that ``keep`` accepts: what a scene shows, with its
+    count (and size, background)."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
     while len(out) < n:
         scene = world.sample_scene(rng)
         forms = world.captions(scene, rng)[:4] if modality == "image" else world.sound_captions(scene)[:3]
         text = str(forms[rng.integers(len(forms))])
-        if text not in out:
+        if text not in out and keep(text):
             out.append(text)
     return out
 
@@ -197,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000, help="held-out world size (plus half as many sounds)")
     parser.add_argument("--queries", type=int, default=120, help="compositional queries per direction")
+    parser.add_argument("--absent", type=int, default=60, help="further queries for things absent from the index")
     parser.add_argument("--latency-queries", type=int, default=20)
     parser.add_argument("--seed", type=int, default=20261125, help="world seed (training used 0 and 2024)")
     args = parser.parse_args()
@@ -213,7 +217,11 @@ def main() -> None:
         results, probs, labels = [], [], []
         started = time.perf_counter()
         for offset, modality in enumerate(("image", "audio")):
-            row, p, y = quality(index, truth, modality, queries(modality, args.queries, args.seed + 1 + offset))
+            texts = queries(modality, args.queries, args.seed + 1 + offset)
+            texts += queries(
+                modality, args.absent, args.seed + 11 + offset, lambda t, m=modality: not truth.count(t, m)
+            )
+            row, p, y = quality(index, truth, modality, texts)
             results.append(row)
             probs += p
             labels += y

@@ -50,15 +50,29 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 100, 
         raise ValueError("labels must be 0 or 1")
     features = np.stack([x, np.ones_like(x)], axis=1)
     weights = np.array([1.0, 0.0])
+    loss = _log_loss(features, y, weights, ridge)
     for _ in range(iterations):
         p = sigmoid(features @ weights)
         gradient = features.T @ (p - y) + ridge * weights
         hessian = (features * (p * (1 - p))[:, None]).T @ features + ridge * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
-        weights -= step
+        for _ in range(40):  # halve the Newton step until the loss goes down (it can overshoot)
+            trial = weights - step
+            trial_loss = _log_loss(features, y, trial, ridge)
+            if trial_loss <= loss:
+                break
+            step = step / 2
+        else:
+            break
+        weights, loss = trial, trial_loss
         if np.abs(step).max() < 1e-10:
             break
     return Platt(float(weights[0]), float(weights[1]))
+
+
+def _log_loss(features: np.ndarray, y: np.ndarray, weights: np.ndarray, ridge: float) -> float:
+    z = features @ weights
+    return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * ridge * weights @ weights)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
