@@ -152,7 +152,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--depth", type=int, default=50, help="vector-stage candidates per held-out query")
-    parser.add_argument("--mine-top", type=int, default=50, help="training negatives come from this top of the vector stage")
+    parser.add_argument(
+        "--mine-top", type=int, default=50, help="training negatives: from this top of the vector stage"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=2024)
     parser.add_argument("--eval-images", type=int, default=1000)
