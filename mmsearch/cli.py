@@ -297,8 +297,40 @@ def query(
         typer.Option("--where", "-w", metavar="SQL", help='SQL filter over item metadata, e.g. "width >= 1024".'),
     ] = None,
     min_score: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SCORE|auto",
+            help="Drop results scoring below this (cosine, -1..1). 'auto': keep only hits scoring at least 3 robust "
+            "standard deviations (1.4826 x MAD) above the query's median score over a fixed sample of up to 2,048 "
+            "items of this index (an empty answer means nothing stands out).  [default: keep all]",
+        ),
+    ] = None,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            "--rerank",
+            help="Re-score the top --rerank-depth candidates with a cross-attention re-ranker and order by its "
+            "calibrated match probability (shown as p=).",
+        ),
+    ] = False,
+    reranker: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SPEC",
+            help="Re-ranker to use (implies --rerank): demo, or blip:ORG/REPO or blip:/path/to/folder.  "
+            "[default: the index model's: demo for demo indexes]",
+        ),
+    ] = None,
+    rerank_depth: Annotated[
+        int, typer.Option(metavar="N", help="Candidates from the vector stage that the re-ranker judges.")
+    ] = 50,
+    min_prob: Annotated[
         Optional[float],
-        typer.Option(metavar="SCORE", help="Drop results scoring below this (cosine, -1..1).  [default: keep all]"),
+        typer.Option(
+            metavar="P",
+            help="Keep only hits the re-ranker gives at least this match probability, 0..1 (implies --rerank); "
+            "no results means nothing matches.",
+        ),
     ] = None,
     no_group: Annotated[
         bool,
@@ -336,12 +368,21 @@ def query(
     if not terms:
         raise UserInputError('give a query: a text, --image FILE, --audio FILE or an expression like "dog" + "beach"')
     _check_file_terms(terms)
+    floor = _min_score(min_score)
+    judge: bool | str = reranker or rerank or min_prob is not None
     if server:
         if index is not None:
             raise UserInputError("--index and --server: choose one (the server searches its own index)")
         if no_group:
             raise UserInputError("--no-group works on a local index, not with --server")
-        hits, returned = _forward_query(server, token, terms, expression, modality, k, where, min_score)
+        second = {
+            "rerank": True if judge else None,
+            "reranker": reranker,
+            "rerank_depth": rerank_depth if judge else None,
+        }
+        hits, returned = _forward_query(
+            server, token, terms, expression, modality, k, where, floor, second | {"min_prob": min_prob}
+        )
     else:
         idx = _open(index, device)
         returned = idx.result_modality(terms, modality)
@@ -352,7 +393,10 @@ def query(
             modality=returned,
             k=k,
             where=where,
-            min_score=min_score,
+            min_score=floor,
+            rerank=judge,
+            rerank_depth=rerank_depth,
+            min_prob=min_prob,
             group=not no_group,
         )
     if json_out:
@@ -367,9 +411,24 @@ def query(
         return
     _say(f"returning {returned} items" + (" (--modality to change)" if modality is None else ""))
     if not hits:
-        _say("no results" + (" above --min-score" if min_score is not None else ""))
+        _say(
+            "no results"
+            + (" above --min-score" if min_score is not None else "")
+            + (" above --min-prob" if min_prob is not None else "")
+        )
     for rank, hit in enumerate(hits, 1):
-        typer.echo(f"{rank:>3}  {hit.score:.4f}  {_locate(hit)}")
+        prob = hit.to_dict().get("match_prob")
+        typer.echo(f"{rank:>3}  {hit.score:.4f}  " + ("" if prob is None else f"p={prob:.3f}  ") + _locate(hit))
+
+
+def _min_score(value: str | None) -> float | str | None:
+    """--min-score: a cosine or 'auto'."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UserInputError(f"--min-score must be a number (cosine, -1..1) or 'auto', not {value!r}") from None
 
 
 def _forward_query(
@@ -380,7 +439,8 @@ def _forward_query(
     modality: str | None,
     k: int,
     where: str | None,
-    min_score: float | None,
+    min_score: float | str | None,
+    second: dict | None = None,
 ) -> tuple[list, str]:
     """Send a query to a running server: texts as an expression, files as uploads. The
     server reads files first when it picks the modality to return, so where the local
@@ -396,7 +456,7 @@ def _forward_query(
             modality = result_modality(list(terms))
     else:
         q = expression
-    fields = {"q": q, "k": k, "modality": modality, "where": where, "min_score": min_score}
+    fields = {"q": q, "k": k, "modality": modality, "where": where, "min_score": min_score} | (second or {})
     return search(server, fields, [(term.value, term.weight) for term in files], token)
 
 

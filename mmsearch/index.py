@@ -31,6 +31,7 @@ from mmsearch.ingest.discover import MODALITIES, absolute
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.rerank.base import Reranker
 from mmsearch.search import embed, searcher, segments
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -53,13 +54,15 @@ def _jsonable(value: object) -> object:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata."""
+    """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata;
+    after re-ranking, ``match_prob`` is the re-ranker's calibrated probability of a match."""
 
     id: int
     score: float
     path: str
     modality: str
     metadata: dict
+    match_prob: float | None = None
 
     @property
     def start_s(self) -> float | None:
@@ -74,9 +77,14 @@ class SearchResult:
     def to_dict(self) -> dict:
         """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
         extra = {k: _jsonable(v) for k, v in self.metadata.items() if v is not None}
-        return {"id": self.id, "score": round(self.score, 6), "path": self.path, "modality": self.modality} | {
-            k: v for k, v in extra.items() if k not in ("id", "path", "modality")
-        }
+        judged = {} if self.match_prob is None else {"match_prob": round(self.match_prob, 6)}
+        return {
+            "id": self.id,
+            "score": round(self.score, 6),
+            **judged,
+            "path": self.path,
+            "modality": self.modality,
+        } | {k: v for k, v in extra.items() if k not in ("id", "path", "modality")}
 
 
 class Index:
@@ -88,6 +96,7 @@ class Index:
         self.device = device
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
+        self._rerankers: dict[str, Reranker] = {}
         self._snapshot = Snapshot.load(self.path)
         if encoder is not None:
             self._check_space(encoder)
@@ -340,8 +349,11 @@ class Index:
         modality: str | None = None,
         k: int = 10,
         where: str | None = None,
-        min_score: float | None = None,
+        min_score: float | str | None = None,
         group: bool = True,
+        rerank: bool | str = False,
+        rerank_depth: int = 50,
+        min_prob: float | None = None,
     ) -> list[SearchResult]:
         """The ``k`` items closest to a query, best first.
 
@@ -351,11 +363,18 @@ class Index:
         by default images for text and image queries, audio for audio queries (or any
         modality when the index holds none of the preferred one). ``where`` is a SQL
         boolean expression over the ``items`` columns; ``min_score`` drops weaker hits,
-        so an empty list means nothing relevant. ``k`` larger than the index returns
-        everything. Videos (modality ``video``: frames and soundtrack windows) answer
-        with segments: touching hits in one video merge into one result carrying
-        ``start_s``/``end_s`` and its best score; ``group=False`` returns the raw rows.
-        Safe to call from many threads at once.
+        so an empty list means nothing relevant (``"auto"``: hits that stand out from the
+        query's scores over this index, see :mod:`mmsearch.rerank.autoscore`). ``k`` larger
+        than the index returns everything. Videos (modality ``video``: frames and soundtrack
+        windows) answer with segments: touching hits in one video merge into one result
+        carrying ``start_s``/``end_s`` and its best score; ``group=False`` returns the raw
+        rows. Safe to call from many threads at once.
+
+        ``rerank`` (``True`` for the index model's default re-ranker, or a re-ranker spec such
+        as ``"blip:Salesforce/blip-itm-base-coco"``) re-scores the ``rerank_depth`` best
+        candidates (raw rows, never grouped) with a cross-attention model and orders them by
+        its calibrated ``match_prob``; ``min_prob`` (which implies ``rerank``) keeps only hits
+        at least that probable. See :mod:`mmsearch.rerank.stage`.
         """
         if k < 1:
             raise UserInputError("k must be at least 1")
@@ -366,8 +385,27 @@ class Index:
         returned = self.result_modality(terms, modality)
         if where:
             self._read(lambda snap: self._check_where(snap, where))  # a bad filter fails before the model loads
+        if rerank or min_prob is not None:
+            from mmsearch.rerank import stage
+
+            stage.check(rerank_depth, min_prob)
+            judge = stage.query_of(terms)
+            reranker = self.reranker(rerank if isinstance(rerank, str) else None)
+            query_vector = vector if vector is not None else self.embed_terms(terms)
+            hits = self._search(np.atleast_2d(query_vector), returned, max(k, rerank_depth), where, min_score, False)[0]
+            return stage.rerank(reranker, judge, hits, k, min_prob)
         query_vector = vector if vector is not None else self.embed_terms(terms)
         return self._search(np.atleast_2d(query_vector), returned, k, where, min_score, group)[0]
+
+    def reranker(self, spec: str | None = None) -> Reranker:
+        """The re-ranker ``spec`` (default: the one for this index's model), loaded once."""
+        from mmsearch.rerank import registry as rerankers
+
+        spec = spec or rerankers.default_reranker(self._manifest.model)
+        with self._encoder_lock:
+            if spec not in self._rerankers:
+                self._rerankers[spec] = rerankers.load_reranker(spec, self.device)
+            return self._rerankers[spec]
 
     def search_batch(
         self,
@@ -376,7 +414,7 @@ class Index:
         k: int = 10,
         where: str | None = None,
         modality: str = "any",
-        min_score: float | None = None,
+        min_score: float | str | None = None,
         group: bool = True,
     ) -> list[list[SearchResult]]:
         """Many vector queries in one vectorised pass: one result list per row of ``vectors``
@@ -387,7 +425,13 @@ class Index:
         return self._search(np.atleast_2d(vectors), returned, k, where, min_score, group)
 
     def _search(
-        self, queries: np.ndarray, returned: str, k: int, where: str | None, min_score: float | None, group: bool
+        self,
+        queries: np.ndarray,
+        returned: str,
+        k: int,
+        where: str | None,
+        min_score: float | str | None,
+        group: bool,
     ) -> list[list[SearchResult]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = self._manifest.dim
@@ -399,10 +443,14 @@ class Index:
             everything_matches = returned == "any" or set(self._counts(snap)) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
 
+            floors = self._floors(snap, queries, returned, min_score)
+
             def ranked(top: int) -> list[list[segments.Ranked]]:
                 found = self._top_k(snap, queries, top, condition)
-                if min_score is not None:
-                    found = [[hit for hit in hits if hit[0] >= min_score] for hits in found]
+                found = [
+                    [hit for hit in hits if hit[0] >= floor] if floor is not None else hits
+                    for hits, floor in zip(found, floors)
+                ]
                 rows = self._rows(snap, sorted({i for hits in found for _, i in hits}))
                 return [[(s, i, rows[i]) for s, i in hits] for hits in found]
 
@@ -432,6 +480,26 @@ class Index:
 
     def _check_where(self, snap: Snapshot, where: str) -> None:
         snap.catalog.ids_where(where)
+
+    def _floors(
+        self, snap: Snapshot, queries: np.ndarray, returned: str, min_score: float | str | None
+    ) -> list[float | None]:
+        """Per query, the lowest score kept: ``min_score`` itself, or its ``"auto"`` threshold."""
+        if min_score != "auto":
+            if isinstance(min_score, str):
+                raise UserInputError(f"min_score must be a number or 'auto', not {min_score!r}")
+            return [min_score] * len(queries)
+        from mmsearch.rerank import autoscore
+
+        def load() -> np.ndarray:
+            items = snap.catalog.items
+            ids = items.column("id").to_numpy()
+            if returned != "any":
+                ids = ids[np.asarray(items.column("modality").to_pylist()) == returned]
+            return self._vectors(snap, autoscore.sample_ids(ids))
+
+        sample = autoscore.cached_sample((str(self.path), snap.generation, returned), load)
+        return autoscore.thresholds(queries, sample).tolist()
 
     def _read(self, operation: Callable[[Snapshot], T]) -> T:
         """Run a read on the latest snapshot. If a file it needs is gone or damaged and a

@@ -17,7 +17,16 @@ from starlette.datastructures import UploadFile
 from mmsearch.errors import UserInputError
 from mmsearch.serve import media
 from mmsearch.serve.errors import error_response
-from mmsearch.serve.schemas import UPLOAD_FORM, BatchAnswer, BatchBody, Modality, SearchAnswer, SearchBody, SqlBody
+from mmsearch.serve.schemas import (
+    UPLOAD_FORM,
+    BatchAnswer,
+    BatchBody,
+    MinScore,
+    Modality,
+    SearchAnswer,
+    SearchBody,
+    SqlBody,
+)
 from mmsearch.serve.service import SearchService
 from mmsearch.serve.thumbnails import MEDIA_TYPE
 from mmsearch.serve.uploads import DecodedUpload, UploadTooLarge, decode_upload, upload_options
@@ -52,9 +61,16 @@ def build_router(service: SearchService) -> APIRouter:
         offset: int = 0,
         modality: Optional[Modality] = None,
         where: Annotated[Optional[str], Query(description="SQL boolean expression over items")] = None,
-        min_score: Annotated[Optional[float], Query(ge=-1.0, le=1.0)] = None,
+        min_score: Annotated[Optional[MinScore], Query(description="A cosine -1..1, or auto")] = None,
+        rerank: bool = False,
+        reranker: Optional[str] = None,
+        rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
+        min_prob: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
     ) -> JSONResponse:
-        body = SearchBody(q=q, like_id=like_id, k=k, offset=offset, modality=modality, where=where, min_score=min_score)
+        fields = {"rerank": rerank, "reranker": reranker, "rerank_depth": rerank_depth, "min_prob": min_prob}
+        body = SearchBody(
+            q=q, like_id=like_id, k=k, offset=offset, modality=modality, where=where, min_score=min_score, **fields
+        )
         query = await service.run(lambda: service.check(body))
         return JSONResponse(await service.search(query, _root(request)))
 

@@ -6,11 +6,12 @@ longest filter) are checked by the service, with one-line messages.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["image", "text", "audio", "video", "any"]
+MinScore = Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
 
 
 class SearchBody(BaseModel):
@@ -25,7 +26,15 @@ class SearchBody(BaseModel):
     offset: int = Field(0, description="Results to skip (paging)")
     modality: Optional[Modality] = Field(None, description="What to return; default: by the query")
     where: Optional[str] = Field(None, description="SQL boolean expression over the items columns")
-    min_score: Optional[float] = Field(None, ge=-1.0, le=1.0, description="Drop weaker hits")
+    min_score: Optional[MinScore] = Field(
+        None, description="Drop weaker hits: a cosine, or 'auto' (hits that stand out from the index's scores)"
+    )
+    rerank: bool = Field(False, description="Re-score the top rerank_depth candidates with the re-ranker (text q only)")
+    reranker: Optional[str] = Field(None, description="Re-ranker spec (implies rerank); default: the index model's")
+    rerank_depth: int = Field(50, ge=1, le=1000, description="Candidates the re-ranker judges")
+    min_prob: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="Keep hits with match_prob >= this (implies rerank)"
+    )
 
 
 class BatchBody(BaseModel):
@@ -91,7 +100,7 @@ UPLOAD_FORM = {
         "offset": {"type": "integer"},
         "modality": {"type": "string", "enum": ["image", "text", "audio", "video", "any"]},
         "where": {"type": "string"},
-        "min_score": {"type": "number"},
+        "min_score": {"type": "string", "description": "A number, or auto"},
         "vector": {"type": "string", "description": "A JSON list of numbers"},
     },
 }

@@ -62,6 +62,11 @@ def text_terms(expression: str | None) -> list[Term]:
     return [Term(t.weight, "text", t.value) for t in query_parser.parse(expression)]
 
 
+def reranks(body: SearchBody) -> bool:
+    """Whether a query asks for the second stage."""
+    return body.rerank or body.reranker is not None or body.min_prob is not None
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
@@ -116,6 +121,8 @@ class SearchService:
             if not np.isfinite(vector).all() or not np.any(vector):
                 raise UserInputError("vector must be finite and non-zero")
         terms = text_terms(body.q)
+        if reranks(body) and (uploads or body.vector is not None or body.like_id is not None or not terms):
+            raise UserInputError("re-ranking needs a text query q (no files, vector or like_id)")
         if not (terms or uploads or body.vector is not None or body.like_id is not None):
             raise UserInputError("give a query: q (text or arithmetic), a file, a vector or like_id")
         kinds = [Term(weight, upload.modality, "upload") for upload, weight in uploads] + terms
@@ -190,7 +197,8 @@ class SearchService:
         groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
             b = query.body
-            groups.setdefault((query.returned, b.where, b.min_score, self._fetch(query)), []).append(position)
+            second = (b.rerank, b.reranker, b.rerank_depth, b.min_prob)
+            groups.setdefault((query.returned, b.where, b.min_score, self._fetch(query), second), []).append(position)
         answers: list[dict] = [{} for _ in queries]
         for positions in groups.values():
             found = await self._search_group([queries[p] for p in positions], vectors[positions], root)
@@ -209,9 +217,12 @@ class SearchService:
 
         def search() -> tuple[int, list[list[SearchResult]], int]:
             before = self.items.generation()
-            found = self.index.search_batch(
-                vectors, k=self._fetch(first), where=where, modality=first.returned, min_score=min_score
-            )
+            if reranks(first.body):
+                found = [self._reranked(query) for query in queries]
+            else:
+                found = self.index.search_batch(
+                    vectors, k=self._fetch(first), where=where, modality=first.returned, min_score=min_score
+                )
             return before, found, self.items.generation()
 
         before, found, after = await self.run(search, filtered=bool(where))
@@ -235,6 +246,20 @@ class SearchService:
                 }
             )
         return answers
+
+    def _reranked(self, query: Query) -> list[SearchResult]:
+        """One text query through both stages (the re-ranker reads the text, not a vector)."""
+        b = query.body
+        return self.index.search(
+            query=b.q,
+            modality=query.returned,
+            k=self._fetch(query),
+            where=b.where,
+            min_score=b.min_score,
+            rerank=b.reranker or True,
+            rerank_depth=b.rerank_depth,
+            min_prob=b.min_prob,
+        )
 
     # -- items ----------------------------------------------------------------------------
 

@@ -1,0 +1,248 @@
+"""Train the demo re-ranker (``mmsearch/models/demo/rerank.*``) on the synthetic world.
+
+The demo towers stay frozen: their token features for a training world are computed
+once, then a small :class:`~mmsearch.rerank.cross.CrossMatcher` learns to judge
+(caption, image) and (caption, sound) pairs. Pairs are mined the way the re-ranker is
+used: for each query, candidates come from the vector stage's top ``--depth`` (where the
+bi-encoder errs: same colour wrong shape, wrong count, wrong background), plus a random
+true match and a random item. Platt scaling is then fitted on a held-out world's
+top-``--depth`` candidates (exactly the pairs seen at query time) and shipped in
+``rerank.json`` with the architecture.
+
+    python benchmarks/train_rerank.py                    # the shipped weights (≈ 10 min on 2 busy cores)
+    python benchmarks/train_rerank.py --steps 50 --images 500 --sounds 200 --out-dir /tmp/rr   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from mmsearch import world
+from mmsearch.preprocess import square_crop
+from mmsearch.rerank.calibration import Platt, expected_calibration_error, fit_platt
+from mmsearch.rerank.cross import CrossConfig, CrossMatcher, save_config
+from mmsearch.rerank.demo import DemoTowers
+
+ATTRIBUTES = ("shape", "colour", "background", "count", "size")
+
+
+class Items:
+    """Frozen features and attributes of a world's images or sounds."""
+
+    def __init__(self, towers: DemoTowers, scenes: list[world.Scene], modality: str, chunk: int = 256) -> None:
+        self.modality = modality
+        self.attributes = {a: np.array([getattr(s, a) for s in scenes], dtype=object) for a in ATTRIBUTES}
+        tokens, embeddings = [], []
+        for start in range(0, len(scenes), chunk):
+            part = scenes[start : start + chunk]
+            if modality == "image":
+                crops = np.stack([square_crop(world.render(s), towers.image_input.size) for s in part])
+                t, e = towers.images(towers.image_pixels(crops))
+            else:
+                t, e = towers.sounds(torch.from_numpy(np.stack([world.render_sound(s) for s in part])))
+            tokens.append(t.half())
+            embeddings.append(e)
+        self.tokens = torch.cat(tokens)
+        self.embeddings = torch.cat(embeddings)
+
+    def matches(self, text: str) -> np.ndarray:
+        """Which items ``text`` truly describes (an unmentioned attribute matches anything)."""
+        said = world.parse_caption(text)
+        if self.modality == "audio":
+            said.pop("background", None)
+        ok = np.ones(len(self.embeddings), dtype=bool)
+        for attribute, value in said.items():
+            ok &= self.attributes[attribute] == value
+        return ok
+
+
+class Texts:
+    """Frozen text-token features, computed once per distinct caption."""
+
+    def __init__(self, towers: DemoTowers) -> None:
+        self.towers, self.cache = towers, {}
+
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        missing = sorted({t for t in texts if t not in self.cache})
+        if missing:
+            words, valid, embeddings = self.towers.texts(missing)
+            for i, text in enumerate(missing):
+                n = int(valid[i].sum())
+                self.cache[text] = (words[i, :n], embeddings[i])
+        length = max(len(self.cache[t][0]) for t in texts)
+        words = torch.zeros(len(texts), length, self.towers.clip.ln_final.normalized_shape[0])
+        valid = torch.zeros(len(texts), length, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            w = self.cache[text][0]
+            words[i, : len(w)], valid[i, : len(w)] = w, True
+        return words, valid, torch.stack([self.cache[t][1] for t in texts])
+
+
+def query_text(modality: str, rng: np.random.Generator) -> str:
+    scene = world.sample_scene(rng)
+    phrasings = world.captions(scene, rng) if modality == "image" else world.sound_captions(scene)
+    return str(phrasings[rng.integers(len(phrasings))])
+
+
+def mine(items: Items, texts: Texts, queries: list[str], depth: int, rng: np.random.Generator, train: bool):
+    """(query index, item index, label) triples: the vector stage's top ``depth`` per query
+    (in training: 4 of them, one random true match and one random item)."""
+    _, _, q = texts.batch(queries)
+    scores = q @ items.embeddings.T
+    top = torch.topk(scores, depth, dim=1).indices.numpy()
+    pairs = []
+    for i, text in enumerate(queries):
+        truth = items.matches(text)
+        chosen = list(rng.choice(top[i], 4, replace=False)) if train else list(top[i])
+        if train:
+            positives = np.flatnonzero(truth)
+            if len(positives):
+                chosen.append(int(rng.choice(positives)))
+            chosen.append(int(rng.integers(len(truth))))
+        pairs += [(i, int(j), float(truth[j])) for j in chosen]
+    return np.array(pairs)
+
+
+def logits_of(matcher: CrossMatcher, items: Items, texts: Texts, queries: list[str], pairs: np.ndarray) -> torch.Tensor:
+    words, valid, q = texts.batch(queries)
+    qi, ii = torch.from_numpy(pairs[:, 0].astype(np.int64)), torch.from_numpy(pairs[:, 1].astype(np.int64))
+    cosine = (q[qi] * items.embeddings[ii]).sum(-1)
+    return matcher(words[qi], valid[qi], items.tokens[ii].float(), items.modality, cosine)
+
+
+def evaluate(matcher, items: Items, texts: Texts, queries: list[str], depth: int, k: int = 10) -> dict:
+    """Held-out logits/labels of every top-``depth`` pair, and P@k before/after re-ranking."""
+    rng = np.random.default_rng(0)
+    logits, labels, before, after = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, len(queries), 32):
+            part = queries[start : start + 32]
+            pairs = mine(items, texts, part, depth, rng, train=False)
+            out = logits_of(matcher, items, texts, part, pairs).numpy().reshape(len(part), depth)
+            truth = pairs[:, 2].reshape(len(part), depth)
+            logits.append(out.ravel())
+            labels.append(truth.ravel())
+            before += truth[:, :k].mean(1).tolist()
+            order = np.argsort(-out, axis=1, kind="stable")[:, :k]
+            after += np.take_along_axis(truth, order, 1).mean(1).tolist()
+    return {
+        "logits": np.concatenate(logits),
+        "labels": np.concatenate(labels),
+        "p_at_k_vector": float(np.mean(before)),
+        "p_at_k_reranked": float(np.mean(after)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--sounds", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=32, help="queries per step (6 pairs each)")
+    parser.add_argument("--audio-every", type=int, default=4, help="every N-th step trains on sounds")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--depth", type=int, default=50, help="vector-stage candidates per held-out query")
+    parser.add_argument(
+        "--mine-top", type=int, default=50, help="training negatives: from this top of the vector stage"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-seed", type=int, default=2024)
+    parser.add_argument("--eval-images", type=int, default=1000)
+    parser.add_argument("--eval-sounds", type=int, default=500)
+    parser.add_argument("--eval-queries", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "mmsearch/models/demo")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    towers = DemoTowers("cpu")
+    rng = np.random.default_rng(args.seed)
+    train = {
+        "image": Items(towers, [world.sample_scene(rng) for _ in range(args.images)], "image"),
+        "audio": Items(towers, [world.sample_scene(rng) for _ in range(args.sounds)], "audio"),
+    }
+    eval_rng = np.random.default_rng(args.eval_seed)
+    held_out = {
+        "image": Items(towers, [world.sample_scene(eval_rng) for _ in range(args.eval_images)], "image"),
+        "audio": Items(towers, [world.sample_scene(eval_rng) for _ in range(args.eval_sounds)], "audio"),
+    }
+    texts = Texts(towers)
+    print(f"features: {time.perf_counter() - started:.0f} s", flush=True)
+
+    config = CrossConfig()
+    matcher = CrossMatcher(config)
+    decay = [p for p in matcher.parameters() if p.ndim >= 2]
+    rest = [p for p in matcher.parameters() if p.ndim < 2]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    training = time.perf_counter()
+    for step in range(args.steps):
+        modality = "audio" if step % args.audio_every == args.audio_every - 1 else "image"
+        items = train[modality]
+        queries = [query_text(modality, rng) for _ in range(args.batch)]
+        pairs = mine(items, texts, queries, args.mine_top, rng, train=True)
+        logits = logits_of(matcher, items, texts, queries, pairs)
+        loss = loss_fn(logits, torch.from_numpy(pairs[:, 2]).float())
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(matcher.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step} {modality} loss {loss.item():.4f} {time.perf_counter() - training:.0f} s", flush=True)
+    train_s = time.perf_counter() - training
+
+    matcher.eval()
+    figures: dict = {}
+    logits, labels = [], []
+    for modality, items in held_out.items():
+        query_rng = np.random.default_rng([args.eval_seed, 1])
+        queries = [query_text(modality, query_rng) for _ in range(args.eval_queries)]
+        result = evaluate(matcher, items, texts, queries, args.depth)
+        logits.append(result["logits"])
+        labels.append(result["labels"])
+        figures[f"text→{modality}"] = {
+            "p@10 vector": round(result["p_at_k_vector"], 3),
+            "p@10 re-ranked": round(result["p_at_k_reranked"], 3),
+        }
+    platt = fit_platt(np.concatenate(logits), np.concatenate(labels))
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    figures["ece raw"] = round(expected_calibration_error(Platt()(all_logits), all_labels), 4)
+    figures["ece platt"] = round(expected_calibration_error(platt(all_logits), all_labels), 4)
+    print(figures, flush=True)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.half().contiguous() for k, v in matcher.state_dict().items()}, args.out_dir / "rerank.safetensors")
+    training_notes = {
+        "command": "python benchmarks/train_rerank.py " + " ".join(sys.argv[1:]),
+        "parameters": sum(p.numel() for p in matcher.parameters()),
+        "train_seconds": round(train_s),
+        "total_seconds": round(time.perf_counter() - started),
+        "held_out": figures,
+    }
+    save_config(config, {"calibration": platt.to_dict(), "training": training_notes}, args.out_dir / "rerank.json")
+    print(training_notes, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Two-stage search: re-rankers that judge (query, candidate) pairs, and score calibration."""

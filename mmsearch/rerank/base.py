@@ -1,0 +1,68 @@
+"""The re-ranker contract: a second stage that judges (query, candidate) pairs jointly.
+
+The vector stage compares two vectors computed apart; a re-ranker sees the query and the
+candidate together (cross-attention, an ITM head) and returns the probability that the
+candidate matches. It re-reads each candidate from its file: the measurement in
+``benchmarks/rerank.py`` shows decoding is a small share of the cost at depth 50, and a
+cached per-item token representation would be tens of times larger than the index's vectors.
+Subclasses set ``spec`` and ``pairs`` and implement :meth:`Reranker._match_probs`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmsearch.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Query:
+    """What was asked: a ``text``, or the path of an ``image`` or ``audio`` file."""
+
+    modality: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An item found by the vector stage; audio windows carry their ``offset_s``."""
+
+    id: int
+    path: str
+    modality: str
+    text: str | None = None
+    offset_s: float = 0.0
+
+
+class Reranker(ABC):
+    """Scores candidates against a query with a calibrated match probability."""
+
+    spec: str
+    pairs: frozenset[tuple[str, str]]  # (query modality, item modality) it can judge
+
+    def supports(self, query_modality: str, item_modality: str) -> bool:
+        return (query_modality, item_modality) in self.pairs
+
+    def match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Probabilities in [0, 1], one per candidate. A candidate whose file can no longer be
+        read scores 0: there is no evidence that it matches, and one bad file never stops a query."""
+        for candidate in candidates:
+            if not self.supports(query.modality, candidate.modality):
+                raise UserInputError(self.unsupported(query.modality, candidate.modality))
+        probs = np.zeros(len(candidates), dtype=np.float64)
+        for modality in {c.modality for c in candidates}:
+            group = [i for i, c in enumerate(candidates) if c.modality == modality]
+            probs[group] = self._match_probs(query, [candidates[i] for i in group])
+        return np.clip(probs, 0.0, 1.0)
+
+    def unsupported(self, query_modality: str, item_modality: str) -> str:
+        judged = ", ".join(f"{q}→{i}" for q, i in sorted(self.pairs))
+        return f"re-ranker {self.spec!r} cannot judge {query_modality}→{item_modality} pairs (it judges {judged})"
+
+    @abstractmethod
+    def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Probabilities for supported pairs of one item modality; unreadable candidates get 0."""

@@ -1,0 +1,103 @@
+"""A small cross-attention matcher: text tokens attend over an item's patches or frames.
+
+The ITM head of ALBEF/BLIP in miniature. The item's tokens (image patches or audio
+frames, from the frozen demo towers) first attend to each other once, so that counts
+and layouts can be read off; then each block lets the text tokens attend to each other
+and over the item's tokens. The pooled text tokens and the two towers' cosine feed a
+small head whose output is a match logit (calibrated separately, see
+:mod:`mmsearch.rerank.calibration`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """Architecture; stored as JSON next to the weights."""
+
+    width: int = 64
+    heads: int = 4
+    layers: int = 2
+    text_dim: int = 96
+    image_dim: int = 4 * 96 + 48  # per region: four frozen patch features + its pixels pooled to 4x4
+    audio_dim: int = 256  # frozen conv features, channels x mel bands, per frame
+    patches: int = 16
+    frames: int = 16
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CrossConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm: text self-attention, cross-attention over the item, feed-forward."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_self, self.norm_query, self.norm_item, self.norm_ff = (nn.LayerNorm(width) for _ in range(4))
+        self.self_attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, text: torch.Tensor, padding: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        x = self.norm_self(text)
+        text = text + self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        memory = self.norm_item(item)
+        text = text + self.cross_attention(self.norm_query(text), memory, memory, need_weights=False)[0]
+        return text + self.ff(self.norm_ff(text))
+
+
+class CrossMatcher(nn.Module):
+    """``(text tokens, item tokens, cosine) -> match logit``, for images or sounds."""
+
+    def __init__(self, config: CrossConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.text_in = nn.Linear(config.text_dim, width)
+        self.item_in = nn.ModuleDict(
+            {"image": nn.Linear(config.image_dim, width), "audio": nn.Linear(config.audio_dim, width)}
+        )
+        self.position = nn.ParameterDict(
+            {
+                "image": nn.Parameter(torch.randn(config.patches, width) * 0.02),
+                "audio": nn.Parameter(torch.randn(config.frames, width) * 0.02),
+            }
+        )
+        self.context = nn.TransformerEncoderLayer(
+            width, config.heads, 2 * width, 0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.ModuleList(CrossBlock(width, config.heads) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Sequential(nn.Linear(width + 1, width), nn.GELU(), nn.Linear(width, 1))
+
+    def encode_item(self, tokens: torch.Tensor, modality: str) -> torch.Tensor:
+        """Item tokens in the matcher's width, after one round of self-attention."""
+        x = self.item_in[modality](tokens) + self.position[modality][: tokens.shape[1]]
+        return self.context(x)
+
+    def forward(
+        self, text: torch.Tensor, valid: torch.Tensor, item: torch.Tensor, modality: str, cosine: torch.Tensor
+    ) -> torch.Tensor:
+        """``text`` (n, L, text_dim) with ``valid`` (n, L) bool; ``item`` (n, T, dim); ``cosine`` (n,)."""
+        x = self.text_in(text)
+        memory = self.encode_item(item, modality)
+        for block in self.blocks:
+            x = block(x, ~valid, memory)
+        weights = valid.float().unsqueeze(-1)
+        pooled = (self.norm(x) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.head(torch.cat([pooled, cosine.unsqueeze(-1)], dim=1)).squeeze(-1)
+
+
+def save_config(config: CrossConfig, extra: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"architecture": config.to_dict(), **extra}, indent=2) + "\n")

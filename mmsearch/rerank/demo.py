@@ -1,0 +1,149 @@
+"""The demo re-ranker: a :class:`~mmsearch.rerank.cross.CrossMatcher` over the frozen demo towers.
+
+Text tokens come from the demo text tower (before pooling), image tokens from its ViT
+patches plus each patch's pixels, audio tokens from the demo audio tower's conv frames.
+The towers stay frozen, so the matcher is small (``rerank.safetensors``, trained by
+``benchmarks/train_rerank.py``) and its Platt scaling ships in ``rerank.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmsearch.errors import ModelError
+from mmsearch.models.spec import DEMO_DIR
+from mmsearch.preprocess import normalise
+from mmsearch.rerank.base import Candidate, Query, Reranker
+from mmsearch.rerank.calibration import Platt
+from mmsearch.rerank.cross import CrossConfig, CrossMatcher
+from mmsearch.rerank.inputs import audio_windows, image_crops
+
+CONFIG_FILE = DEMO_DIR / "rerank.json"
+WEIGHTS_FILE = DEMO_DIR / "rerank.safetensors"
+PATCH = 8  # the demo ViT's patch size
+REGION = 2  # ViT patches per region side: the matcher attends over 4x4 regions
+CELLS = 4  # pooled pixels per region side
+
+
+class DemoTowers:
+    """Frozen token features from the demo model: what the matcher attends over."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        from mmsearch.models.audio_tower import load_audio_tower
+        from mmsearch.models.registry import load_encoder
+
+        encoder = load_encoder("demo", device)
+        if encoder.image_input is None or encoder.audio_input is None:
+            raise ModelError("the demo re-ranker needs the demo model's image and audio towers")
+        self.device = device
+        self.image_input = encoder.image_input
+        self.audio_input = encoder.audio_input
+        self.clip = encoder.model  # type: ignore[attr-defined]
+        self.clip.visual.output_tokens = True
+        self.tokenizer = encoder.tokenizer  # type: ignore[attr-defined]
+        self.audio = load_audio_tower(DEMO_DIR / "audio.json", DEMO_DIR / "audio.pt", device)
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token features ``(n, L, 96)``, valid-token mask ``(n, L)`` and unit embeddings ``(n, 128)``."""
+        clip = self.clip
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        x = clip.token_embedding(tokens) + clip.positional_embedding
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+        eot = tokens.argmax(dim=-1)  # the end token has the largest id
+        embedding = x[torch.arange(len(x)), eot] @ clip.text_projection
+        length = int(eot.max()) + 1
+        valid = torch.arange(length, device=self.device)[None] <= eot[:, None]
+        return x[:, :length], valid, torch.nn.functional.normalize(embedding, dim=-1)
+
+    @torch.no_grad()
+    def images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised pixels ``(n, 3, 64, 64)`` → region tokens ``(n, 16, 432)`` and unit embeddings.
+
+        A region is 2x2 ViT patches: their four frozen features side by side, plus the
+        region's pixels pooled to 4x4 (colour and layout survive the frozen tower either way).
+        """
+        pooled, tokens = self.clip.visual(pixels)
+        n, width = tokens.shape[0], tokens.shape[-1]
+        side = pixels.shape[-1] // PATCH // REGION  # regions per side
+        features = tokens.reshape(n, side, REGION, side, REGION, width).permute(0, 1, 3, 2, 4, 5)
+        features = features.reshape(n, side * side, REGION * REGION * width)
+        small = torch.nn.functional.avg_pool2d(pixels, pixels.shape[-1] // (side * CELLS))
+        colours = small.reshape(n, 3, side, CELLS, side, CELLS).permute(0, 2, 4, 1, 3, 5)
+        colours = colours.reshape(n, side * side, 3 * CELLS * CELLS)
+        return torch.cat([features, colours], dim=-1), torch.nn.functional.normalize(pooled, dim=-1)
+
+    @torch.no_grad()
+    def sounds(self, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms ``(n, samples)`` → frame tokens ``(n, frames, 256)`` and unit embeddings."""
+        features = self.audio.features(self.audio.spectrogram(waves))
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        frames = features.permute(0, 3, 1, 2).flatten(2)
+        return frames, torch.nn.functional.normalize(self.audio.project(pooled), dim=-1)
+
+    def image_pixels(self, crops: np.ndarray) -> torch.Tensor:
+        spec = self.image_input
+        return torch.from_numpy(normalise(crops, spec.mean, spec.std)).to(self.device)
+
+
+def load_matcher(config_path: Path, weights_path: Path, device: str) -> tuple[CrossMatcher, Platt]:
+    """The matcher and its Platt scaling, from the JSON config and (fp16) safetensors."""
+    from safetensors.torch import load_file
+
+    settings = json.loads(config_path.read_text())
+    matcher = CrossMatcher(CrossConfig.from_dict(settings["architecture"]))
+    matcher.load_state_dict({k: v.float() for k, v in load_file(weights_path).items()})
+    return matcher.to(device).eval(), Platt(**settings["calibration"])
+
+
+class DemoReranker(Reranker):
+    """Text→image and text→audio matching for indexes built with the demo model."""
+
+    pairs = frozenset({("text", "image"), ("text", "audio")})
+
+    def __init__(self, device: str = "cpu", config: Path = CONFIG_FILE, weights: Path = WEIGHTS_FILE) -> None:
+        if not weights.is_file():
+            raise ModelError(f"demo re-ranker weights not found: {weights}")
+        self.spec = "demo"
+        self.device = device
+        self.towers = DemoTowers(device)
+        self.matcher, self.calibration = load_matcher(config, weights, device)
+
+    @torch.inference_mode()
+    def logits(self, text: str, tokens: torch.Tensor, embeddings: torch.Tensor, modality: str) -> np.ndarray:
+        """Raw match logits of one text against prepared item tokens and embeddings."""
+        words, valid, query = self.towers.texts([text])
+        n = len(tokens)
+        cosine = embeddings @ query[0]
+        out = self.matcher(words.expand(n, -1, -1), valid.expand(n, -1), tokens, modality, cosine)
+        return out.float().cpu().numpy()
+
+    def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
+        probs = np.zeros(len(candidates))
+        modality = candidates[0].modality
+        if modality == "image":
+            size = self.towers.image_input.size
+            loaded: Sequence[np.ndarray | None] = image_crops(candidates, size)
+        else:
+            spec = self.towers.audio_input
+            loaded = audio_windows(candidates, spec.sample_rate, spec.window_s)
+        readable = [i for i, item in enumerate(loaded) if item is not None]
+        if not readable:
+            return probs
+        stacked = np.stack([item for item in loaded if item is not None])
+        if modality == "image":
+            tokens, embeddings = self.towers.images(self.towers.image_pixels(stacked))
+        else:
+            tokens, embeddings = self.towers.sounds(torch.from_numpy(stacked).to(self.device))
+        probs[readable] = self.calibration(self.logits(query.value, tokens, embeddings, modality))
+        return probs
+
+
+def load(name: str, device: str) -> DemoReranker:
+    """The ``demo`` scheme's factory (the shipped weights; ``name`` is ignored)."""
+    return DemoReranker(device)

@@ -1,0 +1,312 @@
+"""Two-stage search: the re-ranker interface and registry, the shipped demo re-ranker on a
+small generated world (through ``Index.search``, the CLI and the server), a BLIP ITM model
+loaded with transformers' real loaders (a tiny random one: real weights cannot be fetched
+here), and the calibration helpers on synthetic arrays."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from mmsearch import Index, world
+from mmsearch.errors import ModelError, UserInputError
+from mmsearch.rerank import autoscore, registry
+from mmsearch.rerank.base import Candidate, Query, Reranker
+from mmsearch.rerank.calibration import Platt, expected_calibration_error, fit_platt, sigmoid
+
+SEED = 7
+SCENES = 48
+
+
+# -- calibration and auto thresholds: pure NumPy -------------------------------------------------
+
+
+def test_platt_fit_recovers_the_generating_scale_and_bias() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, 20_000)
+    labels = (rng.random(len(logits)) < sigmoid(0.5 * logits - 1.0)).astype(float)
+    platt = fit_platt(logits, labels)
+    assert platt.scale == pytest.approx(0.5, abs=0.05)
+    assert platt.bias == pytest.approx(-1.0, abs=0.08)
+    assert expected_calibration_error(platt(logits), labels) < 0.02
+    assert expected_calibration_error(Platt()(logits), labels) > 0.1  # the raw logits are overconfident
+
+
+def test_platt_stays_finite_on_separable_data_and_rejects_bad_labels() -> None:
+    platt = fit_platt(np.array([-2.0, -1.0, 1.0, 2.0]), np.array([0, 0, 1, 1]))
+    assert np.isfinite([platt.scale, platt.bias]).all() and platt.scale > 0
+    with pytest.raises(ValueError):
+        fit_platt(np.array([0.0, 1.0]), np.array([0, 2]))
+    with pytest.raises(ValueError):
+        fit_platt(np.array([]), np.array([]))
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    probs = np.array([0.9, 0.9, 0.1, 0.1])
+    assert expected_calibration_error(probs, np.array([1, 1, 0, 0])) == pytest.approx(0.1)
+    assert expected_calibration_error(probs, np.array([0, 0, 1, 1])) == pytest.approx(0.9)
+    assert expected_calibration_error(np.array([1.0]), np.array([1])) == 0.0  # p = 1 falls in the top bin
+
+
+def test_auto_threshold_is_median_plus_z_robust_sigmas() -> None:
+    rng = np.random.default_rng(1)
+    sample = rng.normal(size=(500, 8)).astype(np.float32)
+    query = rng.normal(size=(1, 8)).astype(np.float32)
+    scores = (query @ sample.T)[0]
+    median = np.median(scores)
+    sigma = 1.4826 * np.median(np.abs(scores - median))
+    assert autoscore.thresholds(query, sample, z=3.0)[0] == pytest.approx(median + 3 * sigma, rel=1e-4)
+    assert autoscore.thresholds(query, sample[:0])[0] == -np.inf  # nothing to compare with: keep all
+
+
+def test_auto_sample_is_fixed_and_bounded() -> None:
+    ids = np.arange(10_000, dtype=np.int64)[::-1]
+    first = autoscore.sample_ids(ids, 100)
+    assert len(first) == 100 and np.array_equal(first, autoscore.sample_ids(ids, 100))
+    assert np.all(np.diff(first) > 0) and np.isin(first, ids).all()
+    assert np.array_equal(autoscore.sample_ids(np.array([5, 3]), 100), [3, 5])
+
+
+# -- a world indexed with the demo model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("rerank")
+    rows = world.generate_world(root / "world", SCENES, SEED, sounds=True)
+    index = Index.create(root / "index", model="demo")
+    index.add([root / "world" / "images", root / "world" / "sounds"], workers=0)
+    images = [r for r in rows if r["file"].startswith("images/")]
+    singles = Counter((r["colour"], r["shape"]) for r in images if r["count"] == 1)
+    shown = {(r["colour"], r["shape"]) for r in images}
+    absent = [(c, s) for s in world.SHAPES for c in world.COLOURS if (c, s) not in shown]
+    return {"root": root, "index": index, "rows": rows, "present": singles.most_common(), "absent": absent}
+
+
+@pytest.fixture(scope="module")
+def index(built: dict) -> Index:
+    return built["index"]
+
+
+def test_reranked_hits_carry_match_prob_best_first(index: Index) -> None:
+    hits = index.search("a red circle on a grey background", k=8, rerank=True)
+    assert len(hits) == 8
+    probs = [hit.match_prob for hit in hits]
+    assert all(p is not None and 0.0 <= p <= 1.0 for p in probs)
+    assert probs == sorted(probs, reverse=True)
+    assert {hit.modality for hit in hits} == {"image"}
+    assert "match_prob" in hits[0].to_dict() and "match_prob" not in index.search("a red circle", k=1)[0].to_dict()
+
+
+def test_rerank_picks_the_true_matches_and_min_prob_keeps_only_them(built: dict) -> None:
+    index = built["index"]
+    (colour, shape), _ = built["present"][0]  # the class with the most single-object images
+    query = world.class_query(colour, shape)
+    truth = {r["file"] for r in built["rows"] if (r["colour"], r["shape"]) == (colour, shape) and r["count"] == 1}
+    kept = index.search(query, k=20, min_prob=0.5)
+    assert kept and all(hit.match_prob >= 0.5 for hit in kept)
+    found = {str(Path(hit.path).relative_to(built["root"] / "world")) for hit in kept}
+    assert found <= truth and len(found) >= len(truth) - 1
+
+
+def test_min_prob_returns_nothing_for_an_absent_thing(built: dict) -> None:
+    for colour, shape in built["absent"][:3]:
+        assert built["index"].search(world.class_query(colour, shape), min_prob=0.5) == []
+
+
+def test_text_to_audio_is_reranked_too(index: Index) -> None:
+    hits = index.search("two red circles", modality="audio", k=5, rerank=True)
+    assert len(hits) == 5 and {hit.modality for hit in hits} == {"audio"}
+    assert [h.match_prob for h in hits] == sorted((h.match_prob for h in hits), reverse=True)
+
+
+def test_what_the_demo_reranker_cannot_judge_is_a_user_error(index: Index, built: dict) -> None:
+    image = next(built["root"].glob("world/images/*.png"))
+    with pytest.raises(UserInputError, match="image→image"):
+        index.search(image=image, rerank=True)
+    with pytest.raises(UserInputError, match="arithmetic"):
+        index.search(query='"a red circle" - "a square"', rerank=True)
+    with pytest.raises(UserInputError, match="rerank depth"):
+        index.search("a red circle", rerank=True, rerank_depth=0)
+    with pytest.raises(UserInputError, match="min_prob"):
+        index.search("a red circle", min_prob=1.5)
+    with pytest.raises(UserInputError, match="unknown re-ranker"):
+        index.search("a red circle", rerank="nosuch:thing")
+
+
+def test_min_score_auto_keeps_hits_that_stand_out(built: dict) -> None:
+    index = built["index"]
+    (colour, shape), _ = built["present"][0]
+    query = world.class_query(colour, shape)
+    everything = index.search(query, k=SCENES)
+    auto = index.search(query, k=SCENES, min_score="auto")
+    assert 0 < len(auto) < len(everything)
+    assert [h.id for h in auto] == [h.id for h in everything[: len(auto)]]
+    (batch,) = index.search_batch(index.embed_terms(embed_terms(query)), k=SCENES, modality="image", min_score="auto")
+    assert [h.id for h in batch] == [h.id for h in auto]
+    with pytest.raises(UserInputError, match="auto"):
+        index.search("a red circle", min_score="high")
+
+
+def embed_terms(text: str):
+    from mmsearch.search.query import Term
+
+    return [Term(1.0, "text", text)]
+
+
+# -- the interface and registry -------------------------------------------------------------------
+
+
+class Counting(Reranker):
+    """Prefers later items; remembers how many candidates it was shown."""
+
+    pairs = frozenset({("text", "image")})
+    seen: ClassVar[list[int]] = []
+
+    def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
+        Counting.seen.append(len(candidates))
+        return np.array([c.id for c in candidates], dtype=float) / 1000.0
+
+
+@registry.register("counting")
+def counting(name: str, device: str) -> Counting:
+    """A re-ranker registered in this process."""
+    return Counting()
+
+
+def test_registry_defaults_and_registration(index: Index) -> None:
+    assert registry.default_reranker("demo") == "demo"
+    with pytest.raises(UserInputError, match="--reranker"):
+        registry.default_reranker("ViT-B-32:laion2b_s34b_b79k")
+    with pytest.raises(UserInputError, match="names no model"):
+        registry.load_reranker("blip:")
+    with pytest.raises(UserInputError, match="built in"):
+        registry.register("demo")
+    assert index.reranker("counting:x").spec == "counting:x"
+    Counting.seen.clear()
+    hits = index.search("a blue square", k=3, rerank="counting:x", rerank_depth=20)
+    assert Counting.seen == [20]  # the depth is how many candidates are judged
+    vector_top = [h.id for h in index.search("a blue square", k=20)]
+    assert [h.id for h in hits] == sorted(vector_top, reverse=True)[:3]
+    Counting.seen.clear()
+    index.search("a blue square", k=30, rerank="counting:x", rerank_depth=5)
+    assert Counting.seen == [30]  # never fewer candidates than results asked for
+
+
+def test_an_unreadable_candidate_scores_zero_and_never_stops_the_query(tmp_path: Path) -> None:
+    reranker = registry.load_reranker("demo")
+    good = tmp_path / "good.png"
+    world.render(world.Scene("circle", "red", "grey", 1, "large", 3)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    candidates = [Candidate(1, str(tmp_path / "broken.png"), "image"), Candidate(2, str(good), "image")]
+    probs = reranker.match_probs(Query("text", "a red circle"), candidates)
+    assert probs[0] == 0.0 and probs[1] > 0.5
+    with pytest.raises(UserInputError, match="text→text"):
+        reranker.match_probs(Query("text", "a red circle"), [Candidate(3, "x.csv", "text", "a red circle")])
+
+
+# -- BLIP through transformers' real loaders --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BLIP ITM model and processor, saved as save_pretrained saves any model."""
+    import torch
+    from transformers import BertTokenizerFast, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor, BlipProcessor
+
+    folder = tmp_path_factory.mktemp("blip")
+    words = "a an the two red green blue circle square circles on background grey black white".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    torch.manual_seed(0)
+    text = dict(
+        vocab_size=32,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=32,
+        encoder_hidden_size=32,
+        bos_token_id=2,
+        pad_token_id=0,
+        sep_token_id=3,
+    )
+    vision = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=16
+    )
+    model = BlipForImageTextRetrieval(BlipConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(folder)
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_blip_reranks_through_from_pretrained(tiny_blip: Path, index: Index) -> None:
+    spec = f"blip:{tiny_blip}"
+    hits = index.search("a red circle", k=5, rerank=spec, rerank_depth=10)
+    assert len(hits) == 5 and all(0.0 <= h.match_prob <= 1.0 for h in hits)
+    assert [h.match_prob for h in hits] == sorted((h.match_prob for h in hits), reverse=True)
+    again = registry.load_reranker(spec).match_probs(
+        Query("text", "a red circle"), [Candidate(h.id, h.path, h.modality) for h in hits]
+    )
+    assert np.allclose(again, [h.match_prob for h in hits], atol=1e-5)  # deterministic, same weights
+    with pytest.raises(UserInputError, match="text→audio"):
+        index.search("a red circle", modality="audio", rerank=spec)
+
+
+def test_blip_missing_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="could not load BLIP model") as caught:
+        registry.load_reranker(f"blip:{tmp_path / 'nothing'}")
+    assert "\n" not in str(caught.value)
+
+
+# -- the CLI and the server ----------------------------------------------------------------------
+
+
+def test_cli_rerank_json_and_min_prob(built: dict) -> None:
+    folder = str(built["index"].path)
+    done = run_cli("query", "a red circle on a grey background", "--rerank", "--json", "-k", "5", "--index", folder)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)
+    assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert [h["match_prob"] for h in hits] == sorted((h["match_prob"] for h in hits), reverse=True)
+    colour, shape = built["absent"][0]
+    query = world.class_query(colour, shape)
+    done = run_cli("query", query, "--min-prob", "0.5", "--min-score", "auto", "--json", "--index", folder)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    done = run_cli("query", "a red circle", "--min-score", "lots", "--index", folder)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "'auto'" in done.stderr
+
+
+def test_server_takes_the_same_fields(built: dict) -> None:
+    from mmsearch.serve.app import create_app
+    from mmsearch.serve.server import ServerThread
+    from mmsearch.serve.settings import ServeSettings
+
+    settings = ServeSettings(thumb_cache=built["root"] / "thumbs")
+    running = ServerThread(create_app(Index.open(built["index"].path), settings)).start().wait_ready()
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as api:
+            answer = api.get("/api/search", params={"q": "a red circle", "rerank": "true", "k": 4}).json()
+            probs = [hit["match_prob"] for hit in answer["results"]]
+            assert len(probs) == 4 and probs == sorted(probs, reverse=True)
+            colour, shape = built["absent"][0]
+            body = {"q": world.class_query(colour, shape), "min_prob": 0.5, "rerank_depth": 20}
+            assert api.post("/api/search", json=body).json()["results"] == []
+            present = world.class_query(*built["present"][0][0])
+            auto = api.post("/api/search", json={"q": present, "min_score": "auto", "k": 48}).json()["results"]
+            assert auto and all("match_prob" not in hit for hit in auto)
+            wrong = api.post("/api/search", json={"like_id": 1, "rerank": True})
+            assert wrong.status_code == 400 and "text query" in wrong.json()["error"]
+    finally:
+        running.stop()
