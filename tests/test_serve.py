@@ -886,20 +886,28 @@ def test_a_video_thumbnail_is_served_from_the_cache(video_server: dict) -> None:
     assert httpx.get(f"{url}/api/thumbs/{item_id}", timeout=60).content == marker.getvalue()
 
 
-def test_a_vanished_video_answers_as_a_vanished_image(video_server: dict) -> None:
+def test_a_broken_or_vanished_video_answers_as_such_an_image(video_server: dict) -> None:
     index, url, folder = video_server["index"], video_server["url"], video_server["folder"]
-    ids = {
-        Path(r["path"]).name: r["id"]
-        for r in index.sql("SELECT id, path FROM items WHERE path LIKE '%gone%'").to_pylist()
-    }
-    (folder / "gone.mp4").unlink()
-    (folder / "gone.png").unlink()
-    video, image = (httpx.get(f"{url}/api/thumbs/{ids[name]}", timeout=60) for name in ("gone.mp4", "gone.png"))
-    assert video.status_code == image.status_code == 404
-    assert one_line_error(video, 404).replace(str(ids["gone.mp4"]), "N") == one_line_error(image, 404).replace(
-        str(ids["gone.png"]), "N"
-    )
-    assert "no longer there" in one_line_error(video, 404)
+    rows = index.sql("SELECT id, path FROM items WHERE path LIKE '%gone%'").to_pylist()
+    ids = {Path(r["path"]).name: r["id"] for r in rows}
+
+    def errors() -> list[str]:
+        answers = [httpx.get(f"{url}/api/thumbs/{ids[name]}", timeout=60) for name in ("gone.mp4", "gone.png")]
+        status = answers[0].status_code
+        assert answers[1].status_code == status
+        return [one_line_error(a, status).replace(str(ids[n]), "N") for a, n in zip(answers, ("gone.mp4", "gone.png"))]
+
+    for name in ("gone.mp4", "gone.png"):  # garbage of the same size and time: what was indexed, unreadable now
+        path = folder / name
+        info = path.stat()
+        path.write_bytes(b"\0" * info.st_size)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    broken = errors()
+    assert all(error.startswith("cannot make a thumbnail of item N: ") for error in broken), broken
+    for name in ("gone.mp4", "gone.png"):
+        (folder / name).unlink()
+    vanished = errors()
+    assert vanished[0] == vanished[1] and "no longer there" in vanished[0]
 
 
 # -- a vector-only index ----------------------------------------------------------------------
