@@ -40,6 +40,7 @@ from mmsearch.serve.app import create_app
 from mmsearch.serve.encoding import EncoderQueue
 from mmsearch.serve.server import ServerThread, wait_ready
 from mmsearch.serve.settings import ServeSettings, check_bind
+from mmsearch.serve.thumbnails import Thumbnails
 
 TOKEN = "s3cret-token-for-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -245,7 +246,7 @@ def test_items_and_thumbnails(api: httpx.Client, built: dict) -> None:
     with Image.open(io.BytesIO(thumb.content)) as picture:
         assert max(picture.size) <= 256
     sound = api.get("/api/search", params={"q": "a sound", "modality": "audio", "k": 1}).json()["results"][0]
-    assert "only images have thumbnails" in one_line_error(api.get(f"/api/thumbs/{sound['id']}"), 404)
+    assert "only images and videos have thumbnails" in one_line_error(api.get(f"/api/thumbs/{sound['id']}"), 404)
     assert "no item with id" in one_line_error(api.get("/api/items/987654321"), 404)
 
 
@@ -792,6 +793,121 @@ def test_cli_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     )
     nothing = run_cli("query", "red", "--server", "http://127.0.0.1:9")
     assert nothing.returncode == 1 and "cannot reach http://127.0.0.1:9" in nothing.stderr
+
+
+# -- video thumbnails ---------------------------------------------------------------------------
+
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]  # one per second of the video
+THUMB = 64
+
+
+def solid_video(path: Path, size: tuple[int, int]) -> None:
+    """A 4 s H.264 + AAC MP4 at 10 fps whose frames are solid colours, one colour per second,
+    with keyframes every 2 s only (no keyframe at a colour change) and B-frames."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "veryfast", "x264-params": "scenecut=0"}
+        video.codec_context.gop_size = 20
+        audio = container.add_stream("aac", rate=world.SAMPLE_RATE)
+        audio.layout = "mono"
+        for number in range(40):
+            picture = np.full((height, width, 3), COLOURS[number // 10], dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = number
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        wave = world.render_sound(world.Scene("circle", "red", "white", 1, "large", 1), world.SAMPLE_RATE, 4.0)
+        for start_at in range(0, len(wave), 1024):
+            sound = av.AudioFrame.from_ndarray(wave[None, start_at : start_at + 1024], format="flt", layout="mono")
+            sound.sample_rate, sound.pts = world.SAMPLE_RATE, start_at
+            container.mux(audio.encode(sound))
+        container.mux(audio.encode(None))
+
+
+def colour_of(picture: bytes) -> int:
+    """Which of COLOURS a thumbnail shows (the nearest to its mean)."""
+    with Image.open(io.BytesIO(picture)) as image:
+        mean = np.asarray(image.convert("RGB")).reshape(-1, 3).mean(0)
+    return int(np.argmin([np.abs(mean - colour).sum() for colour in COLOURS]))
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A server with a 64-pixel thumbnail bound over two solid-colour videos (a frame every second)
+    and an image; ``gone.mp4`` and ``gone.png`` are there to be deleted."""
+    root = tmp_path_factory.mktemp("video-serve")
+    folder = root / "videos"
+    folder.mkdir()
+    solid_video(folder / "solid.mp4", (160, 120))
+    solid_video(folder / "gone.mp4", (96, 64))
+    write_image(folder / "gone.png", (128, 128, 128), (128, 128))
+    index = Index.create(root / "index", model="demo")
+    index.add([folder], workers=0, video_every=1.0)
+    running = start(Index.open(root / "index"), thumb_size=THUMB)
+    yield {"url": running.url, "index": index, "folder": folder, "cache": Thumbnails(root / "thumbs", THUMB)}
+    running.stop()
+
+
+def test_a_video_hit_has_a_thumbnail_of_its_frame(video_server: dict) -> None:
+    index, client = video_server["index"], httpx.Client(base_url=video_server["url"], timeout=60)
+    rows = index.sql("SELECT id, track, offset_s FROM items WHERE path LIKE '%solid.mp4' ORDER BY track, offset_s")
+    frames, sounds = [("frame", t) for t in (0.0, 1.0, 2.0, 3.0)], [("sound", 0.0), ("sound", 2.0)]
+    assert [(r["track"], r["offset_s"]) for r in rows.to_pylist()] == frames + sounds
+    tags = set()
+    for row in rows.to_pylist():  # frames at 1 s and 3 s lie between keyframes: decoded forward to them
+        thumb = client.get(f"/api/thumbs/{row['id']}")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(thumb.content)) as picture:
+            assert picture.format == "JPEG" and picture.size == (THUMB, THUMB * 120 // 160)
+        assert colour_of(thumb.content) == int(row["offset_s"]), row  # the frame on screen at the offset
+        tags.add(thumb.headers["etag"])
+    assert len(tags) == 4  # one per moment: a frame and a sound window at the same offset share it
+    hits = client.get("/api/search", params={"q": "a red circle", "modality": "video", "k": 10}).json()["results"]
+    assert hits and all(hit["thumb_url"] == f"/api/thumbs/{hit['id']}" for hit in hits)
+    for hit in hits:  # a segment shows its best row's frame
+        assert colour_of(client.get(hit["thumb_url"]).content) == int(hit["offset_s"])
+    client.close()
+
+
+def test_a_video_thumbnail_is_served_from_the_cache(video_server: dict) -> None:
+    index, url = video_server["index"], video_server["url"]
+    item_id = index.sql("SELECT id FROM items WHERE path LIKE '%solid.mp4' AND offset_s = 3").to_pylist()[0]["id"]
+    row = index.items([item_id])[item_id]
+    cached = video_server["cache"].path_of(row)
+    first = httpx.get(f"{url}/api/thumbs/{item_id}", timeout=60)
+    assert first.status_code == 200 and cached.read_bytes() == first.content
+    marker = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(marker, format="JPEG")
+    cached.write_bytes(marker.getvalue())  # a second request that decoded again would not answer this
+    assert httpx.get(f"{url}/api/thumbs/{item_id}", timeout=60).content == marker.getvalue()
+
+
+def test_a_broken_or_vanished_video_answers_as_such_an_image(video_server: dict) -> None:
+    index, url, folder = video_server["index"], video_server["url"], video_server["folder"]
+    rows = index.sql("SELECT id, path FROM items WHERE path LIKE '%gone%'").to_pylist()
+    ids = {Path(r["path"]).name: r["id"] for r in rows}
+
+    def errors() -> list[str]:
+        answers = [httpx.get(f"{url}/api/thumbs/{ids[name]}", timeout=60) for name in ("gone.mp4", "gone.png")]
+        status = answers[0].status_code
+        assert answers[1].status_code == status
+        return [one_line_error(a, status).replace(str(ids[n]), "N") for a, n in zip(answers, ("gone.mp4", "gone.png"))]
+
+    for name in ("gone.mp4", "gone.png"):  # garbage of the same size and time: what was indexed, unreadable now
+        path = folder / name
+        info = path.stat()
+        path.write_bytes(b"\0" * info.st_size)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    broken = errors()
+    assert all(error.startswith("cannot make a thumbnail of item N: ") for error in broken), broken
+    for name in ("gone.mp4", "gone.png"):
+        (folder / name).unlink()
+    vanished = errors()
+    assert vanished[0] == vanished[1] and "no longer there" in vanished[0]
 
 
 # -- a vector-only index ----------------------------------------------------------------------

@@ -195,6 +195,9 @@ def test_a_video_hit_plays_from_its_segment(page, server: str) -> None:
     expect(video).to_have_attribute("data-offset", f"{hit['start_s']:g}")
     assert video.get_attribute("src").endswith(f"#t={hit['start_s']:g}")
     expect(card.locator(".at")).to_contain_text(f"scene {hit['start_s']:.1f}–{hit['end_s']:.1f} s")
+    expect(video).to_have_attribute("poster", hit["thumb_url"])  # the best frame, until it plays
+    poster = page.request.get(server + hit["thumb_url"])
+    assert poster.ok and poster.headers["content-type"] == "image/jpeg"
 
 
 def test_keyboard_filter_and_paging(page, server: str) -> None:

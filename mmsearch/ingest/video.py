@@ -30,13 +30,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
 from statistics import median
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from mmsearch.preprocess import square_crop
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from av import VideoFrame
+    from PIL import Image
+
     from mmsearch.ingest.decode import DecodeOptions, Piece
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -118,6 +123,47 @@ def sample(path: str, every: float, size: int, sound_rate: int | None = None) ->
             return _decode(container, packets, every, size, sound_rate, path)
     except av.error.FFmpegError as exc:
         raise DecodeError(f"not a readable video file ({_reason(exc)})") from None
+
+
+def frame_at(source: str | BinaryIO, offset_s: float, longest: int) -> Image.Image:
+    """The picture on screen ``offset_s`` seconds into the video (counted from its first
+    frame, as :func:`sample` counts), at most ``longest`` pixels on its longer side.
+
+    Seeks to the keyframe at or before the moment and decodes forward to it: one group of
+    pictures, never the film. ``source`` is a path or an open binary file."""
+    import av
+
+    from mmsearch.ingest.decode import DecodeError
+
+    try:
+        with av.open(source) as container:
+            stream = _video_stream(container)
+            start = stream.start_time or 0
+            target = start + round(offset_s / float(stream.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            frame, reached = _shown(container.decode(stream), target)
+            if not reached and target > start:  # the seek overshot: decode from the beginning
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+                frame, _ = _shown(container.decode(stream), target)
+            if frame is None:
+                raise DecodeError("no decodable video frames")
+            scale = min(1.0, longest / max(frame.width, frame.height))
+            return frame.to_image(width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale)))
+    except av.error.FFmpegError as exc:
+        raise DecodeError(f"not a readable video file ({_reason(exc)})") from None
+
+
+def _shown(frames: Iterable[VideoFrame], target: int) -> tuple[VideoFrame | None, bool]:
+    """The frame on screen at pts ``target``: the last one at or before it (and ``True``),
+    else the first one after it (and ``False``: the decoding started too late)."""
+    shown = None
+    for frame in frames:
+        if frame.pts is None:
+            continue
+        if frame.pts > target:
+            return (shown, True) if shown is not None else (frame, False)
+        shown = frame
+    return shown, shown is not None
 
 
 def _reason(exc: Exception) -> str:

@@ -28,7 +28,6 @@ from mmsearch.serve.schemas import (
     SqlBody,
 )
 from mmsearch.serve.service import SearchService
-from mmsearch.serve.thumbnails import MEDIA_TYPE
 from mmsearch.serve.uploads import DecodedUpload, UploadTooLarge, decode_upload, upload_options
 
 MAX_FILES = 4
@@ -146,14 +145,12 @@ def build_router(service: SearchService) -> APIRouter:
             opened.chunks(start, end), status_code=status, headers=headers, media_type=opened.content_type
         )
 
-    @router.get("/thumbs/{item_id}", summary="A small cached thumbnail of an image item")
+    @router.get("/thumbs/{item_id}", summary="A small cached thumbnail of an image, or of a video's frame at the hit")
     async def thumb(item_id: ItemId) -> Response:
         row = await service.run(lambda: service.items.get(item_id))
-        data = await service.wait(service.files.submit(service.thumbnails.get, row), "making the thumbnail")
-        headers = {**media.MEDIA_HEADERS, "Cache-Control": "private, max-age=86400"}
-        if row.get("content_hash"):
-            headers["ETag"] = f'"{row["content_hash"]}-{settings.thumb_size}"'
-        return Response(data, media_type=MEDIA_TYPE, headers=headers)
+        made = await service.wait(service.files.submit(service.thumbnails.get, row), "making the thumbnail")
+        headers = {**media.MEDIA_HEADERS, "Cache-Control": "private, max-age=86400", "ETag": f'"{made.tag}"'}
+        return Response(made.data, media_type=made.media_type, headers=headers)
 
     @router.post("/sql", summary="One read-only SELECT over items and failures (needs --allow-sql)")
     async def sql(body: SqlBody) -> JSONResponse:

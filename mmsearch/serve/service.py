@@ -33,7 +33,7 @@ from mmsearch.serve.encoding import EncoderQueue
 from mmsearch.serve.items import ItemNotFound, ItemRows
 from mmsearch.serve.schemas import SearchBody
 from mmsearch.serve.settings import ServeSettings
-from mmsearch.serve.thumbnails import Thumbnails
+from mmsearch.serve.thumbnails import Thumbnails, has_thumbnail
 from mmsearch.serve.uploads import DecodedUpload
 
 T = TypeVar("T")
@@ -268,7 +268,7 @@ class SearchService:
         item_id = fields["id"]
         signature = f"?sig={auth.sign(self.settings.token, item_id)}" if self.settings.token else ""
         fields["media_url"] = f"{root}/api/media/{item_id}{signature}"
-        fields["thumb_url"] = f"{root}/api/thumbs/{item_id}{signature}" if fields["modality"] == "image" else None
+        fields["thumb_url"] = f"{root}/api/thumbs/{item_id}{signature}" if has_thumbnail(fields) else None
         return fields
 
     def item(self, item_id: int, root: str = "") -> dict:

@@ -182,8 +182,10 @@ function mediaOf(hit) {
 }
 
 // A player that starts at the hit: the #t= fragment, and currentTime for browsers that ignore it.
+// A video shows its hit's frame (the server's thumbnail) as the poster until it plays.
 function player(tag, hit, offset, label) {
   const media = element(tag, { controls: "", preload: "metadata", src: `${hit.media_url}#t=${offset}` });
+  if (tag === "video" && hit.thumb_url) media.poster = hit.thumb_url;
   media.dataset.offset = String(offset);
   media.addEventListener("loadedmetadata", () => {
     if (Math.abs(media.currentTime - offset) > 0.05) media.currentTime = offset;
