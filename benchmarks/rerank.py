@@ -47,6 +47,7 @@ from mmsearch.rerank.calibration import expected_calibration_error
 RESULTS = Path(__file__).parent / "results"
 DEPTH = 50
 K = 10
+SWEEP = (0.1, 0.2, 0.3, 0.5, 0.7)  # min_prob thresholds reported besides 0.5
 
 
 class Truth:
@@ -97,6 +98,7 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
     auto_kept = auto_kept_relevant = 0
     absent_empty = auto_absent_empty = absent = 0
     probs, labels = [], []
+    judged_queries: list[tuple[int, list[float], list[bool]]] = []  # (true matches in index, probs, labels)
     for text in texts:
         total = truth.count(text, modality)
         plain = index.search(text, modality=modality, k=DEPTH)
@@ -106,6 +108,7 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
         judged_labels = [truth.relevant(text, h.path, modality) for h in judged]
         probs += [h.match_prob for h in judged]
         labels += judged_labels
+        judged_queries.append((total, [h.match_prob for h in judged], judged_labels))
         above = [label for h, label in zip(judged, judged_labels) if h.match_prob >= 0.5]
         auto_labels = [truth.relevant(text, h.path, modality) for h in auto]
         if total == 0:
@@ -144,8 +147,28 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
         "auto_absent_empty": round(auto_absent_empty / max(absent, 1), 3),
         "ece": round(ece, 4),
         "judged_pairs": len(probs),
+        "sweep": {str(t): sweep(judged_queries, t) for t in SWEEP},
     }
     return row, probs, labels
+
+
+def sweep(judged: list[tuple[int, list[float], list[bool]]], threshold: float) -> dict:
+    """Precision, recall and the share of absent-thing queries left empty at one ``min_prob``."""
+    kept = kept_relevant = relevant = absent = absent_empty = 0
+    for total, probs, labels in judged:
+        above = [label for p, label in zip(probs, labels, strict=True) if p >= threshold]
+        if total == 0:
+            absent += 1
+            absent_empty += not above
+            continue
+        kept += len(above)
+        kept_relevant += sum(above)
+        relevant += total
+    return {
+        "precision": round(kept_relevant / max(kept, 1), 3),
+        "recall": round(kept_relevant / max(relevant, 1), 3),
+        "absent_empty": round(absent_empty / max(absent, 1), 3),
+    }
 
 
 def latency(index: Index, texts: list[str], depths: list[int]) -> dict:
@@ -316,6 +339,20 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['direction']} | min_score auto | {r['auto_precision']:.3f} | {r['auto_recall']:.3f} | "
             f"{r['auto_present_answered']:.3f} | {r['auto_absent_empty']:.3f} |"
+        )
+    lines += [
+        "",
+        "Other `--min-prob` thresholds (precision / recall / absent queries empty):",
+        "",
+        "| direction | " + " | ".join(f"min_prob {t}" for t in SWEEP) + " |",
+        "| --- |" + " ---: |" * len(SWEEP),
+    ]
+    for r in report["rows"]:
+        cells = (r["sweep"][str(t)] for t in SWEEP)
+        lines.append(
+            f"| {r['direction']} | "
+            + " | ".join(f"{c['precision']:.2f} / {c['recall']:.2f} / {c['absent_empty']:.2f}" for c in cells)
+            + " |"
         )
     s, b = report["latency"], report["breakdown"]
     lines += [
