@@ -19,6 +19,7 @@ black background") drawn from another seed. Ground truth comes from the generato
 
     python benchmarks/rerank.py                         # ≈ 5 min on 2 quiet cores
     python benchmarks/rerank.py --images 300 --queries 40 --absent 20   # a quick look
+    python benchmarks/rerank.py --threads 1             # one torch thread: on a shared box, less contention
     python benchmarks/rerank.py --images 2000 --queries 300    # a bigger run
 
 Writes benchmarks/results/rerank.json and rerank.md.
@@ -257,8 +258,15 @@ def main() -> None:
     parser.add_argument("--absent", type=int, default=60, help="further queries for things absent from the index")
     parser.add_argument("--latency-queries", type=int, default=20)
     parser.add_argument("--seed", type=int, default=20261125, help="world seed (training used 0 and 2024)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default, one per core)"
+    )
     args = parser.parse_args()
     np.seterr(all="ignore")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
