@@ -20,7 +20,15 @@ from mmsearch import Index, world
 from mmsearch.errors import ModelError, UserInputError
 from mmsearch.rerank import autoscore, registry
 from mmsearch.rerank.base import Candidate, Query, Reranker
-from mmsearch.rerank.calibration import Platt, expected_calibration_error, fit_platt, sigmoid
+from mmsearch.rerank.cache import FeatureCache, item_key
+from mmsearch.rerank.calibration import (
+    PerModality,
+    Platt,
+    expected_calibration_error,
+    fit_per_modality,
+    fit_platt,
+    sigmoid,
+)
 
 SEED = 7
 SCENES = 48
@@ -47,6 +55,60 @@ def test_platt_stays_finite_on_separable_data_and_rejects_bad_labels() -> None:
         fit_platt(np.array([0.0, 1.0]), np.array([0, 2]))
     with pytest.raises(ValueError):
         fit_platt(np.array([]), np.array([]))
+
+
+def test_per_modality_calibration_fits_and_applies_each_modality_its_own_scaling() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, 20_000)
+    modalities = np.where(np.arange(len(logits)) % 2, "audio", "image")
+    truth = {"image": (0.5, -1.0), "audio": (1.5, 1.0)}  # sound logits sit lower for the same odds
+    scale = np.where(modalities == "image", 0.5, 1.5)
+    bias = np.where(modalities == "image", -1.0, 1.0)
+    labels = (rng.random(len(logits)) < sigmoid(scale * logits + bias)).astype(float)
+    calibration = fit_per_modality(logits, labels, modalities)
+    assert sorted(calibration.scalings) == ["audio", "image"]
+    for modality, (a, b) in truth.items():
+        assert calibration.scaling(modality).scale == pytest.approx(a, abs=0.08)
+        assert calibration.scaling(modality).bias == pytest.approx(b, abs=0.1)
+    probs = np.empty_like(logits)
+    for modality in truth:
+        inside = modalities == modality
+        probs[inside] = calibration(logits[inside], modality)
+    pooled = fit_platt(logits, labels)(logits)
+    assert expected_calibration_error(probs, labels) < 0.02 < expected_calibration_error(pooled, labels)
+    assert calibration(np.array([0.0]), "audio")[0] == pytest.approx(sigmoid(np.array([1.0]))[0], abs=0.03)
+    assert PerModality.from_dict(calibration.to_dict()) == calibration  # what rerank.json stores
+
+
+def test_single_scaling_format_still_reads_and_unknown_modalities_fail() -> None:
+    old = PerModality.from_dict({"scale": 2.0, "bias": -1.0})
+    for modality in ("image", "audio"):
+        assert old(np.array([1.0]), modality)[0] == pytest.approx(sigmoid(np.array([1.0]))[0])
+    with pytest.raises(KeyError, match="video"):
+        PerModality({"image": Platt()}).scaling("video")
+    with pytest.raises(ValueError):
+        fit_per_modality(np.zeros(3), np.zeros(3), np.array(["image"]))
+
+
+def test_feature_cache_evicts_least_recently_used_within_its_byte_bound() -> None:
+    cache = FeatureCache(max_bytes=3 * 80)
+    row = (np.zeros(16, dtype=np.float32), np.zeros(4, dtype=np.float32))  # 80 bytes
+    keys = [(f"/x/{i}.png", "digest", 0.0) for i in range(4)]
+    for key in keys[:3]:
+        cache.put(key, row)
+    assert cache.get(keys[0]) is not None  # now the most recently used
+    cache.put(keys[3], row)
+    assert len(cache) == 3 and cache.nbytes == 240
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None and cache.get(keys[3]) is not None
+    cache.put(("/x/big.png", "digest", 0.0), (np.zeros(100, dtype=np.float32),))  # larger than the bound
+    assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
+    batch = np.arange(8, dtype=np.float32).reshape(2, 4)
+    cache.put(keys[1], (batch[0],))
+    stored = cache.get(keys[1])
+    assert stored is not None and stored[0].base is None and not stored[0].flags.writeable  # its own copy
+    assert FeatureCache(0).get(keys[0]) is None
+    with pytest.raises(ValueError):
+        FeatureCache(-1)
 
 
 def test_expected_calibration_error_by_hand() -> None:
@@ -211,6 +273,57 @@ def test_an_unreadable_candidate_scores_zero_and_never_stops_the_query(tmp_path:
     assert probs[0] == 0.0 and probs[1] > 0.5
     with pytest.raises(UserInputError, match="text→text"):
         reranker.match_probs(Query("text", "a red circle"), [Candidate(3, "x.csv", "text", "a red circle")])
+
+
+@pytest.fixture(scope="module")
+def demo_reranker():
+    from mmsearch.rerank.demo import DemoReranker
+
+    return DemoReranker()
+
+
+def test_cache_hit_gives_the_cold_probabilities_and_a_changed_file_is_judged_afresh(
+    demo_reranker, tmp_path: Path
+) -> None:
+    scenes = [
+        world.Scene("circle", "red", "grey", 1, "large", 3),
+        world.Scene("square", "blue", "black", 2, "small", 5),
+    ]
+    candidates = []
+    for i, scene in enumerate(scenes * 2):  # two files with the same bytes: same features, different keys
+        world.render(scene).save(tmp_path / f"{i}.png")
+        candidates.append(Candidate(i, str(tmp_path / f"{i}.png"), "image"))
+    query = Query("text", "a red circle")
+    cache = demo_reranker.cache
+    cache.clear()
+    cold = demo_reranker.match_probs(query, candidates)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 4, 4)
+    warm = demo_reranker.match_probs(query, candidates)
+    assert cache.hits == 4 and np.array_equal(cold, warm)
+    assert cold[0] > 0.5 > cold[1] and cold[0] == cold[2]
+
+    world.render(scenes[1]).save(tmp_path / "0.png")  # same path, new content
+    assert item_key(str(tmp_path / "0.png")) != item_key(str(tmp_path / "2.png"))
+    edited = demo_reranker.match_probs(query, candidates)
+    assert (cache.hits, cache.misses) == (7, 5)  # the edited file missed; the others hit
+    assert edited[0] == pytest.approx(cold[1], abs=1e-6) and edited[0] < 0.5
+    cache.clear()
+    assert np.allclose(demo_reranker.match_probs(query, candidates), edited, atol=1e-6)  # as if never cached
+
+
+def test_cache_serves_concurrent_searches(demo_reranker, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    candidates = []
+    for i, colour in enumerate(("red", "green", "blue")):
+        world.render(world.Scene("circle", colour, "grey", 1, "large", i)).save(tmp_path / f"{i}.png")
+        candidates.append(Candidate(i, str(tmp_path / f"{i}.png"), "image"))
+    demo_reranker.cache.clear()
+    query = Query("text", "a green circle")
+    alone = demo_reranker.match_probs(query, candidates)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: demo_reranker.match_probs(query, candidates), range(8)))
+    assert all(np.allclose(a, alone, atol=1e-6) for a in answers) and len(demo_reranker.cache) == 3
 
 
 # -- BLIP through transformers' real loaders --------------------------------------------------------

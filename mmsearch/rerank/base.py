@@ -2,9 +2,9 @@
 
 The vector stage compares two vectors computed apart; a re-ranker sees the query and the
 candidate together (cross-attention, an ITM head) and returns the probability that the
-candidate matches. It re-reads each candidate from its file: the measurement in
-``benchmarks/rerank.py`` shows decoding is a small share of the cost at depth 50, and a
-cached per-item token representation would be tens of times larger than the index's vectors.
+candidate matches. It re-reads each candidate from its file; a re-ranker may keep what it
+computed per item in memory (the demo one does, :mod:`mmsearch.rerank.cache`), keyed by the
+file's content hash so an edited file is judged afresh. Nothing is stored in the index.
 Subclasses set ``spec`` and ``pairs`` and implement :meth:`Reranker._match_probs`.
 """
 

@@ -7,7 +7,8 @@ calibration error defined here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +36,46 @@ class Platt:
 
     def to_dict(self) -> dict[str, float]:
         return {"scale": self.scale, "bias": self.bias}
+
+
+ANY = "*"  # the key of a scaling that applies to every modality (the single-scaling format)
+
+
+@dataclass(frozen=True)
+class PerModality:
+    """One Platt scaling per candidate modality: a matcher's logits for true sound matches
+    need not sit where those for true image matches do, so one pooled fit misjudges both."""
+
+    scalings: Mapping[str, Platt] = field(default_factory=dict)
+
+    def __call__(self, logits: np.ndarray, modality: str) -> np.ndarray:
+        return self.scaling(modality)(logits)
+
+    def scaling(self, modality: str) -> Platt:
+        """The modality's own scaling, else the catch-all one."""
+        found = self.scalings.get(modality) or self.scalings.get(ANY)
+        if found is None:
+            raise KeyError(f"no calibration for {modality!r} candidates (have {sorted(self.scalings)})")
+        return found
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PerModality:
+        """``{"image": {"scale", "bias"}, "audio": {...}}``, or one ``{"scale", "bias"}`` for all."""
+        if "scale" in data:
+            return cls({ANY: Platt(**data)})
+        return cls({modality: Platt(**values) for modality, values in data.items()})
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {modality: platt.to_dict() for modality, platt in sorted(self.scalings.items())}
+
+
+def fit_per_modality(logits: np.ndarray, labels: np.ndarray, modalities: np.ndarray) -> PerModality:
+    """:func:`fit_platt` on each modality's pairs apart (``modalities`` names each pair's)."""
+    which = np.asarray(modalities).ravel()
+    x, y = np.asarray(logits).ravel(), np.asarray(labels).ravel()
+    if which.shape != x.shape:
+        raise ValueError("one modality per logit")
+    return PerModality({str(m): fit_platt(x[which == m], y[which == m]) for m in np.unique(which)})
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 100, ridge: float = 1e-6) -> Platt:

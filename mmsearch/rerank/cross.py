@@ -90,8 +90,14 @@ class CrossMatcher(nn.Module):
         self, text: torch.Tensor, valid: torch.Tensor, item: torch.Tensor, modality: str, cosine: torch.Tensor
     ) -> torch.Tensor:
         """``text`` (n, L, text_dim) with ``valid`` (n, L) bool; ``item`` (n, T, dim); ``cosine`` (n,)."""
+        return self.judge(text, valid, self.encode_item(item, modality), cosine)
+
+    def judge(
+        self, text: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor, cosine: torch.Tensor
+    ) -> torch.Tensor:
+        """The match logit from already encoded item tokens (``memory``, (n, T, width)): what a
+        cache of per-item features keeps, since it does not depend on the query."""
         x = self.text_in(text)
-        memory = self.encode_item(item, modality)
         for block in self.blocks:
             x = block(x, ~valid, memory)
         weights = valid.float().unsqueeze(-1)

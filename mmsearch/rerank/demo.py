@@ -3,7 +3,7 @@
 Text tokens come from the demo text tower (before pooling), image tokens from its ViT
 patches plus each patch's pixels, audio tokens from the demo audio tower's conv frames.
 The towers stay frozen, so the matcher is small (``rerank.safetensors``, trained by
-``benchmarks/train_rerank.py``) and its Platt scaling ships in ``rerank.json``.
+``benchmarks/train_rerank.py``) and its Platt scalings (one per candidate modality) ship in ``rerank.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from mmsearch.errors import ModelError
 from mmsearch.models.spec import DEMO_DIR
 from mmsearch.preprocess import normalise
 from mmsearch.rerank.base import Candidate, Query, Reranker
-from mmsearch.rerank.calibration import Platt
+from mmsearch.rerank.cache import FeatureCache, Features, item_key
+from mmsearch.rerank.calibration import PerModality
 from mmsearch.rerank.cross import CrossConfig, CrossMatcher
 from mmsearch.rerank.inputs import audio_windows, image_crops
 
@@ -28,6 +29,7 @@ WEIGHTS_FILE = DEMO_DIR / "rerank.safetensors"
 PATCH = 8  # the demo ViT's patch size
 REGION = 2  # ViT patches per region side: the matcher attends over 4x4 regions
 CELLS = 4  # pooled pixels per region side
+DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class DemoTowers:
@@ -91,41 +93,55 @@ class DemoTowers:
         return torch.from_numpy(normalise(crops, spec.mean, spec.std)).to(self.device)
 
 
-def load_matcher(config_path: Path, weights_path: Path, device: str) -> tuple[CrossMatcher, Platt]:
-    """The matcher and its Platt scaling, from the JSON config and (fp16) safetensors."""
+def load_matcher(config_path: Path, weights_path: Path, device: str) -> tuple[CrossMatcher, PerModality]:
+    """The matcher and its per-modality Platt scalings, from the JSON config and (fp16) safetensors."""
     from safetensors.torch import load_file
 
     settings = json.loads(config_path.read_text())
     matcher = CrossMatcher(CrossConfig.from_dict(settings["architecture"]))
     matcher.load_state_dict({k: v.float() for k, v in load_file(weights_path).items()})
-    return matcher.to(device).eval(), Platt(**settings["calibration"])
+    return matcher.to(device).eval(), PerModality.from_dict(settings["calibration"])
 
 
 class DemoReranker(Reranker):
-    """Text→image and text→audio matching for indexes built with the demo model."""
+    """Text→image and text→audio matching for indexes built with the demo model.
+
+    Per-item features (the matcher's encoded item tokens and the tower embedding, about
+    4.6 kB per image or sound window) are kept in a :class:`~mmsearch.rerank.cache.FeatureCache`
+    of at most ``cache_bytes`` (default 64 MiB, about 14,000 items; 0 turns it off), so a
+    warm process judges known candidates without re-reading and re-encoding them.
+    """
 
     pairs = frozenset({("text", "image"), ("text", "audio")})
 
-    def __init__(self, device: str = "cpu", config: Path = CONFIG_FILE, weights: Path = WEIGHTS_FILE) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        config: Path = CONFIG_FILE,
+        weights: Path = WEIGHTS_FILE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         if not weights.is_file():
             raise ModelError(f"demo re-ranker weights not found: {weights}")
         self.spec = "demo"
         self.device = device
         self.towers = DemoTowers(device)
         self.matcher, self.calibration = load_matcher(config, weights, device)
+        self.cache = FeatureCache(cache_bytes)
 
     @torch.inference_mode()
-    def logits(self, text: str, tokens: torch.Tensor, embeddings: torch.Tensor, modality: str) -> np.ndarray:
-        """Raw match logits of one text against prepared item tokens and embeddings."""
+    def logits(self, text: str, memory: torch.Tensor, embeddings: torch.Tensor) -> np.ndarray:
+        """Raw match logits of one text against encoded item tokens and their embeddings."""
         words, valid, query = self.towers.texts([text])
-        n = len(tokens)
+        n = len(memory)
         cosine = embeddings @ query[0]
-        out = self.matcher(words.expand(n, -1, -1), valid.expand(n, -1), tokens, modality, cosine)
+        out = self.matcher.judge(words.expand(n, -1, -1), valid.expand(n, -1), memory, cosine)
         return out.float().cpu().numpy()
 
-    def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
-        probs = np.zeros(len(candidates))
-        modality = candidates[0].modality
+    @torch.inference_mode()
+    def encode(self, candidates: Sequence[Candidate], modality: str) -> list[Features | None]:
+        """Re-read the candidates and run the frozen towers and the matcher's item encoder:
+        ``(memory (T, width), embedding)`` per candidate, ``None`` where the file is unreadable."""
         if modality == "image":
             size = self.towers.image_input.size
             loaded: Sequence[np.ndarray | None] = image_crops(candidates, size)
@@ -133,14 +149,38 @@ class DemoReranker(Reranker):
             spec = self.towers.audio_input
             loaded = audio_windows(candidates, spec.sample_rate, spec.window_s)
         readable = [i for i, item in enumerate(loaded) if item is not None]
+        out: list[Features | None] = [None] * len(candidates)
         if not readable:
-            return probs
+            return out
         stacked = np.stack([item for item in loaded if item is not None])
         if modality == "image":
             tokens, embeddings = self.towers.images(self.towers.image_pixels(stacked))
         else:
             tokens, embeddings = self.towers.sounds(torch.from_numpy(stacked).to(self.device))
-        probs[readable] = self.calibration(self.logits(query.value, tokens, embeddings, modality))
+        memory = self.matcher.encode_item(tokens, modality).float().cpu().numpy()
+        vectors = embeddings.float().cpu().numpy()
+        for row, i in enumerate(readable):
+            out[i] = (memory[row], vectors[row])
+        return out
+
+    def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
+        probs = np.zeros(len(candidates))
+        modality = candidates[0].modality
+        keys = [item_key(c.path, c.offset_s) for c in candidates]
+        features = [None if key is None else self.cache.get(key) for key in keys]
+        missing = [i for i, found in enumerate(features) if found is None]
+        if missing:
+            for i, fresh in zip(missing, self.encode([candidates[i] for i in missing], modality), strict=True):
+                features[i] = fresh
+                key = keys[i]
+                if fresh is not None and key is not None:
+                    self.cache.put(key, fresh)
+        readable = [i for i, found in enumerate(features) if found is not None]
+        if not readable:
+            return probs
+        memory = torch.from_numpy(np.stack([features[i][0] for i in readable])).to(self.device)  # type: ignore[index]
+        vectors = torch.from_numpy(np.stack([features[i][1] for i in readable])).to(self.device)  # type: ignore[index]
+        probs[readable] = self.calibration(self.logits(query.value, memory, vectors), modality)
         return probs
 
 
