@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -394,13 +395,20 @@ def render_video(
                 number += 1
                 container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        wave = np.concatenate([render_sound(scene, SAMPLE_RATE, seconds) for scene, seconds in scenes])
-        chunk = 1024
-        for start in range(0, len(wave), chunk):
-            sound = av.AudioFrame.from_ndarray(wave[None, start : start + chunk], format="flt", layout="mono")
-            sound.sample_rate, sound.pts = SAMPLE_RATE, start
-            container.mux(audio.encode(sound))
-        container.mux(audio.encode(None))
+        mux_sound(
+            container, audio, np.concatenate([render_sound(scene, SAMPLE_RATE, seconds) for scene, seconds in scenes])
+        )
+
+
+def mux_sound(container: Any, stream: Any, wave: np.ndarray, chunk: int = 1024) -> None:
+    """Encode a mono float wave at ``SAMPLE_RATE`` into a PyAV audio ``stream`` and flush it."""
+    import av
+
+    for start in range(0, len(wave), chunk):
+        sound = av.AudioFrame.from_ndarray(wave[None, start : start + chunk], format="flt", layout="mono")
+        sound.sample_rate, sound.pts = SAMPLE_RATE, start
+        container.mux(stream.encode(sound))
+    container.mux(stream.encode(None))
 
 
 def generate_videos(

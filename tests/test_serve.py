@@ -821,11 +821,7 @@ def solid_video(path: Path, size: tuple[int, int]) -> None:
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         wave = world.render_sound(world.Scene("circle", "red", "white", 1, "large", 1), world.SAMPLE_RATE, 4.0)
-        for start_at in range(0, len(wave), 1024):
-            sound = av.AudioFrame.from_ndarray(wave[None, start_at : start_at + 1024], format="flt", layout="mono")
-            sound.sample_rate, sound.pts = world.SAMPLE_RATE, start_at
-            container.mux(audio.encode(sound))
-        container.mux(audio.encode(None))
+        world.mux_sound(container, audio, wave)
 
 
 def colour_of(picture: bytes) -> int:

@@ -43,12 +43,7 @@ def _sound_only(path: Path) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=world.SAMPLE_RATE)
         stream.layout = "mono"
-        wave = world.render_sound(RED)
-        for start in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, start : start + 1024], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = world.SAMPLE_RATE, start
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        world.mux_sound(container, stream, world.render_sound(RED))
 
 
 def test_sampling_every_interval_plus_the_cut(clips: Path) -> None:
