@@ -11,6 +11,8 @@ import pytest
 
 from conftest import run_cli, write_image
 from mmsearch import Index, world
+from mmsearch.errors import UserInputError
+from mmsearch.ingest.add import AddOptions
 from mmsearch.ingest.decode import DecodeOptions, decode
 from mmsearch.ingest.video import sample
 from mmsearch.models.registry import load_encoder
@@ -201,6 +203,12 @@ def test_cli_video_query_json(tmp_path: Path, clips: Path) -> None:
     assert len(lines) == 6 + 3 and all(" @ 00:0" in line for line in lines)
     bad = run_cli("index", str(folder), "--index", str(index), "--video-every", "0")
     assert bad.returncode != 0 and bad.stderr.startswith("mmsearch: error: --video-every must be a positive")
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_every_add_path_refuses_a_bad_video_interval(seconds: float) -> None:
+    with pytest.raises(UserInputError, match="video_every must be a positive"):
+        AddOptions(video_every=seconds)  # the local and the Ray path both take their options from here
 
 
 def test_a_video_is_whole_when_its_last_piece_is_not_the_last_to_arrive(

@@ -72,6 +72,13 @@ class AddOptions:
     url_column: str | None = None
     video_every: float | None = None  # seconds between sampled frames (default: DecodeOptions')
 
+    def __post_init__(self) -> None:
+        """Checked here, so every path that adds (local, Ray) refuses the same bad options."""
+        if self.workers is not None and self.workers < 0:
+            raise UserInputError("workers must be 0 (decode in-process) or more")
+        if self.video_every is not None and not self.video_every > 0:
+            raise UserInputError(f"video_every must be a positive number of seconds, not {self.video_every}")
+
 
 @dataclass
 class Prepared:
@@ -92,10 +99,6 @@ def add_files(
     called only when a file must be embedded.
     """
     started = time.perf_counter()
-    if options.workers is not None and options.workers < 0:
-        raise UserInputError("workers must be 0 (decode in-process) or more")
-    if options.video_every is not None and not options.video_every > 0:
-        raise UserInputError(f"video_every must be a positive number of seconds, not {options.video_every}")
     summary = AddSummary(index=str(index_dir))
     with ShardWriter(index_dir) as writer:
         prepared = prepare(writer, paths, load_encoder, options, summary)
