@@ -440,9 +440,9 @@ class Index:
         queries = l2_normalise(queries)
 
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
-            everything_matches = returned == "any" or set(self._counts(snap)) <= {returned}
+            counts = self._counts(snap)
+            everything_matches = returned == "any" or set(counts) <= {returned}
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
-
             floors = self._floors(snap, queries, returned, min_score)
 
             def ranked(top: int) -> list[list[segments.Ranked]]:
@@ -454,8 +454,8 @@ class Index:
                 rows = self._rows(snap, sorted({i for hits in found for _, i in hits}))
                 return [[(s, i, rows[i]) for s, i in hits] for hits in found]
 
-            total = sum(self._counts(snap).values())
-            if group and returned in ("video", "any") and "video" in self._counts(snap):
+            total = sum(counts.values())
+            if group and returned in ("video", "any") and "video" in counts:
                 results = segments.top_segments(ranked, k, total)
             else:
                 results = ranked(min(k, total))
