@@ -185,7 +185,7 @@ def test_sounds_start_at_the_hit_and_texts_show_snippets(page, server: str, shot
     expect(page.locator("#results > li.text blockquote").first).to_contain_text("red")
 
 
-def test_a_video_hit_plays_from_its_segment(page, server: str) -> None:
+def test_a_video_hit_plays_from_its_segment(page, server: str, shots: Path) -> None:
     answer = httpx.get(server + "/api/search", params={"q": "a circle", "modality": "video", "k": 12}, timeout=60)
     hit = answer.json()["results"][0]
     assert hit["modality"] == "video" and hit["start_s"] <= hit["offset_s"] < hit["end_s"]
@@ -198,6 +198,7 @@ def test_a_video_hit_plays_from_its_segment(page, server: str) -> None:
     expect(video).to_have_attribute("poster", hit["thumb_url"])  # the best frame, until it plays
     poster = page.request.get(server + hit["thumb_url"])
     assert poster.ok and poster.headers["content-type"] == "image/jpeg"
+    keep(page, shots, "serve-page-video")
 
 
 def test_keyboard_filter_and_paging(page, server: str) -> None:
