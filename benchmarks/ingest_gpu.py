@@ -1,15 +1,17 @@
 """Ingest throughput on one device, end to end against the model alone, in one run.
 
 * model only: ViT-B-32 with random weights, saved to a local checkpoint and loaded through
-  mmsearch's real checkpoint path (``ViT-B-32:/path/ckpt.pt``); batches of random pixels
-  through the encoder (host-to-device copy, fp16 autocast on CUDA, vectors back): img/s;
+  mmsearch's real checkpoint path (``ViT-B-32:/path/ckpt.pt``); batches of random uint8 crops
+  through the encoder as the ingest feeds it (host-to-device copy, normalisation on the device,
+  fp16 autocast on CUDA, vectors back): img/s;
 * end to end: ``mmsearch index`` (the CLI, a fresh process) on N generated JPEG photos of
   realistic size (default 1600×1200, ~500 kB; 32 drawn photos, each file made unique by a
   JPEG comment): discover, hash, decode, resize, embed, write, commit; img/s over the whole
   process and over the ingest itself (the summary's total: no interpreter start-up, no model
   load), and the latter's ratio to the model alone
-  (target ≥ 0.9; ≥ 6,000 img/s for ViT-B/32 on one H100);
-* the Ray path, ``mmsearch index --ray local``, where this build has it (otherwise skipped
+  (target ≥ 0.9; ≥ 6,000 img/s for ViT-B/32 on one H100), and what the decode workers alone
+  could deliver (their summed decode seconds spread over their number);
+* the Ray path, ``mmsearch index --ray local``, where Ray is installed (otherwise skipped
   with a note).
 
     python benchmarks/ingest_gpu.py                 # CPU here: ~160 photos, a few minutes
@@ -21,6 +23,7 @@ Writes benchmarks/results/gpu.json and gpu.md with the device next to the figure
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -36,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from mmsearch.ingest.pipeline import default_workers
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,16 +120,16 @@ def photos(folder: Path, count: int, width: int, height: int) -> int:
 
 
 def model_only(spec: str, device: str, count: int) -> dict:
-    """img/s of the encoder alone on random pixels, after one warm-up batch."""
+    """img/s of the encoder alone on random uint8 crops, after one warm-up batch."""
     from mmsearch.models.registry import load_encoder
 
     encoder = load_encoder(spec, device)
-    size = encoder.image_input.size
-    pixels = np.random.default_rng(SEED).standard_normal((count, 3, size, size)).astype(np.float32)
-    encoder.embed_images(pixels[: encoder.batch_size])
+    size = encoder.image_spec().size
+    crops = np.random.default_rng(SEED).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    encoder.embed_crops(crops[: encoder.batch_size])
     _sync(device)
     started = time.perf_counter()
-    encoder.embed_images(pixels)
+    encoder.embed_crops(crops)
     _sync(device)
     seconds = time.perf_counter() - started
     return {"images": count, "batch_size": encoder.batch_size, "seconds": round(seconds, 3), "img_s": count / seconds}
@@ -137,33 +142,29 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def index_run(folder: Path, index: Path, spec: str, device: str, extra: list[str]) -> dict:
+def index_run(folder: Path, index: Path, spec: str, device: str, workers: int, extra: list[str]) -> dict:
     """``mmsearch index`` in a fresh process: wall time and the summary's seconds per stage."""
     command = [sys.executable, "-m", "mmsearch.cli", "index", str(folder), "--index", str(index)]
-    command += ["--model", spec, "--device", device, "--json", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command += ["--model", spec, "--device", device, "--workers", str(workers), "--json", *extra]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"mmsearch index failed: {done.stderr.strip()[-2000:]}")
     summary = json.loads(done.stdout)
+    decode_s = summary["seconds"]["decode"]
     return {
         "files": summary["embedded"],
+        "workers": workers,
+        "decode_capacity_img_s": workers * summary["embedded"] / decode_s if decode_s else None,
         "failed": len(summary["failed"]),
         "wall_s": round(wall, 2),
         "img_s": summary["embedded"] / wall,
         "img_s_ingest": summary["embedded"] / summary["seconds"]["total"],
         "stages_s": summary["seconds"],
     }
-
-
-def has_ray_ingest() -> bool:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    helped = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", "index", "--help"], capture_output=True, text=True, env=env
-    )
-    return "--ray" in helped.stdout
 
 
 def main() -> None:
@@ -189,7 +190,7 @@ def main() -> None:
     model_images = args.model_images or (8192 if gpu else 128)
     workdir = Path(tempfile.mkdtemp(prefix="mmsearch-gpu-bench-"))
     folder = args.keep or workdir / "photos"
-    extra = ["--workers", str(args.workers)] if args.workers is not None else []
+    workers = default_workers(images) if args.workers is None else args.workers
     try:
         started = time.perf_counter()
         have = len(list(folder.rglob("*.jpg"))) if folder.is_dir() else 0
@@ -204,19 +205,23 @@ def main() -> None:
         spec = checkpoint(workdir)
         model = model_only(spec, device, model_images)
         print(f"model only: {model['img_s']:.1f} img/s on {name}")
-        local = index_run(folder, workdir / "index-local", spec, device, extra)
+        local = index_run(folder, workdir / "index-local", spec, device, workers, [])
         print(
             f"mmsearch index: {local['img_s']:.1f} img/s ({local['img_s_ingest']:.1f} without start-up and model load)"
         )
-        if has_ray_ingest():
-            ray = index_run(folder, workdir / "index-ray", spec, device, [*extra, "--ray", "local"])
+        if importlib.util.find_spec("ray") is not None:
+            ray = index_run(folder, workdir / "index-ray", spec, device, workers, ["--ray", "local"])
             ray_note = None
             print(f"mmsearch index --ray local: {ray['img_s']:.1f} img/s")
         else:
-            ray, ray_note = None, "skipped: this build's `mmsearch index` has no --ray option"
+            ray, ray_note = None, "skipped: Ray is not installed on this machine (`pip install 'mmsearch[ray]'`)"
             print(f"ray: {ray_note}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+    import faiss
+    import open_clip
+    import torch
 
     ratio = local["img_s_ingest"] / model["img_s"]
     result = {
@@ -225,6 +230,10 @@ def main() -> None:
         "device_name": name,
         "on_gpu": gpu,
         "cpu_cores": os.cpu_count(),
+        "software": (
+            f"Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+            f"open_clip {open_clip.__version__}, faiss {faiss.__version__}"
+        ),
         "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
         "model": f"{ARCH} (random weights, local checkpoint)",
         "photos": {"count": images, "width": args.width, "height": args.height, "mean_kb": total_bytes / images / 1e3},
@@ -242,6 +251,18 @@ def main() -> None:
     print(report(result))
 
 
+def decode_line(e2e: dict) -> str:
+    """What the decode workers alone could deliver, from their summed seconds."""
+    if not e2e.get("decode_capacity_img_s"):
+        return "Decode capacity: not recorded in this run."
+    per_image_ms = 1000 * e2e["workers"] / e2e["decode_capacity_img_s"]
+    return (
+        f"Decode capacity: {e2e['workers']} worker processes × {per_image_ms:.1f} ms per photo (read, hash, "
+        f"reduced JPEG decode, resize, crop) = {e2e['decode_capacity_img_s']:.0f} img/s at most, before any "
+        "transfer to the main process."
+    )
+
+
 def report(r: dict) -> str:
     where = (
         f"Measured on **{r['device_name']}** ({r['date']})."
@@ -256,6 +277,8 @@ def report(r: dict) -> str:
             f" Load average (1 min) {load['start']:.1f} at the start, {load['end']:.1f} at the end on "
             f"{r['cpu_cores']} cores: above the core count, other processes took part of the machine."
         )
+    if r.get("software"):
+        where += f" {r['software']}."
     if r.get("note"):
         where += f" {r['note']}"
     lines = [
@@ -268,7 +291,7 @@ def report(r: dict) -> str:
         "",
         "| case | img/s | |",
         "| --- | ---: | --- |",
-        f"| model only (random pixels, batch {model['batch_size']}) | {model['img_s']:.1f} | baseline |",
+        f"| model only (random uint8 crops, batch {model['batch_size']}) | {model['img_s']:.1f} | baseline |",
         f"| `mmsearch index`, whole run | {e2e['img_s']:.1f} | {e2e['img_s'] / model['img_s']:.2f}× model |",
         "| `mmsearch index`, the ingest itself (summary's total: no start-up, no model load) | "
         f"{e2e['img_s_ingest']:.1f} | "
@@ -284,6 +307,8 @@ def report(r: dict) -> str:
         "Seconds per stage (`mmsearch index` summary; decode runs in worker processes, so stages overlap): "
         + ", ".join(f"{k} {v:.2f}" for k, v in e2e["stages_s"].items())
         + ".",
+        "",
+        decode_line(e2e),
         "",
         f"Ray path: {r['ray_note'] or 'measured above'}.",
         "",

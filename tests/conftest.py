@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
-from mmsearch import world
+from mmsearch import Index, world
 from mmsearch.models.registry import load_encoder
 
 COLOURS = {name: world.COLOURS[name] for name in ("red", "green", "blue", "yellow", "white", "black")}
@@ -46,6 +47,44 @@ def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
+
+
+MIXED_FILES = 200
+
+
+def write_mixed(root: Path) -> Path:
+    """200 tiny files: images (PNG, JPEG), texts (some of several passages), sounds, one broken image."""
+    rng = np.random.default_rng(7)
+    for n in range(MIXED_FILES - 1):
+        kind = n % 5
+        if kind in (0, 1):
+            suffix = "png" if kind == 0 else "jpg"
+            write_image(root / "images" / f"{n:03d}.{suffix}", tuple(rng.integers(0, 255, 3)), (40, 32), seed=n)
+        elif kind in (2, 3):
+            words = " ".join(f"word{(n * 7 + i) % 97}" for i in range(4 + (n % 13) * 12))
+            (root / "texts").mkdir(parents=True, exist_ok=True)
+            (root / "texts" / f"{n:03d}.txt").write_text(f"note {n}: {words}")
+        else:
+            (root / "sounds").mkdir(parents=True, exist_ok=True)
+            seconds = 0.5 + (n % 3) * 1.5  # one to three windows
+            wave = np.sin(np.linspace(0, 200 + n, int(8000 * seconds))).astype(np.float32)
+            soundfile.write(root / "sounds" / f"{n:03d}.wav", wave, 8000)
+    (root / "images" / "broken.png").write_bytes(b"not a picture")
+    return root
+
+
+def live_rows(idx: Index) -> dict[tuple, tuple[dict, np.ndarray]]:
+    """(path, piece position) -> (metadata without id, vector) for every live row."""
+    snapshot = idx.refresh()
+    ids = set(idx.sql("SELECT id FROM items")["id"].to_pylist())
+    rows: dict[tuple, tuple[dict, np.ndarray]] = {}
+    for shard in snapshot.shards:
+        vectors, table = shard.select(ids)
+        for vector, row in zip(vectors, table.to_pylist()):
+            key = (row["path"], row["char_offset"], row["offset_s"], row["row"])
+            assert key not in rows, f"{key} is present twice"
+            rows[key] = ({k: v for k, v in row.items() if k != "id"}, vector)
+    return rows
 
 
 @pytest.fixture

@@ -16,49 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import soundfile
 
-from conftest import run_cli, write_image
+from conftest import MIXED_FILES, live_rows, run_cli, write_image, write_mixed
 from mmsearch import Index
 from mmsearch.distributed import staging
 
 MODEL = "demo"  # image, text and audio (the shipped audio tower)
-FILES = 200
-
-
-def write_mixed(root: Path) -> Path:
-    """200 tiny files: images (PNG, JPEG), texts (some of several passages), sounds, one broken image."""
-    rng = np.random.default_rng(7)
-    for n in range(FILES - 1):
-        kind = n % 5
-        if kind in (0, 1):
-            suffix = "png" if kind == 0 else "jpg"
-            write_image(root / "images" / f"{n:03d}.{suffix}", tuple(rng.integers(0, 255, 3)), (40, 32), seed=n)
-        elif kind in (2, 3):
-            words = " ".join(f"word{(n * 7 + i) % 97}" for i in range(4 + (n % 13) * 12))
-            (root / "texts").mkdir(parents=True, exist_ok=True)
-            (root / "texts" / f"{n:03d}.txt").write_text(f"note {n}: {words}")
-        else:
-            (root / "sounds").mkdir(parents=True, exist_ok=True)
-            seconds = 0.5 + (n % 3) * 1.5  # one to three windows
-            wave = np.sin(np.linspace(0, 200 + n, int(8000 * seconds))).astype(np.float32)
-            soundfile.write(root / "sounds" / f"{n:03d}.wav", wave, 8000)
-    (root / "images" / "broken.png").write_bytes(b"not a picture")
-    return root
-
-
-def live_rows(idx: Index) -> dict[tuple, tuple[dict, np.ndarray]]:
-    """(path, piece position) -> (metadata without id, vector) for every live row."""
-    snapshot = idx.refresh()
-    ids = set(idx.sql("SELECT id FROM items")["id"].to_pylist())
-    rows: dict[tuple, tuple[dict, np.ndarray]] = {}
-    for shard in snapshot.shards:
-        vectors, table = shard.select(ids)
-        for vector, row in zip(vectors, table.to_pylist()):
-            key = (row["path"], row["char_offset"], row["offset_s"], row["row"])
-            assert key not in rows, f"{key} is present twice"
-            rows[key] = ({k: v for k, v in row.items() if k != "id"}, vector)
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +39,7 @@ def single_process(tmp_path_factory: pytest.TempPathFactory, mixed: Path) -> Ind
 def test_same_index_as_the_single_process_run(tmp_path: Path, ray_runtime, mixed: Path, single_process) -> None:
     idx = Index.create(tmp_path / "index", MODEL, shard_size=32, device="cpu")
     summary = idx.add([mixed], ray="auto")
-    assert summary.found == FILES and summary.embedded == FILES - 1
+    assert summary.found == MIXED_FILES and summary.embedded == MIXED_FILES - 1
     assert [path for path, _ in summary.failed] == [str(mixed / "images" / "broken.png")]
     assert summary.segments >= summary.vectors // 32 and set(next(iter(summary.nodes.values()))) == {
         "decode",
@@ -95,7 +58,7 @@ def test_same_index_as_the_single_process_run(tmp_path: Path, ray_runtime, mixed
     )
     assert idx.verify() == []
     again = idx.add([mixed], ray="auto")
-    assert (again.unchanged, again.embedded, again.previously_failed) == (FILES - 1, 0, 1)
+    assert (again.unchanged, again.embedded, again.previously_failed) == (MIXED_FILES - 1, 0, 1)
     assert not (idx.path / staging.STAGING_DIR).exists() or not any((idx.path / staging.STAGING_DIR).iterdir())
 
 
@@ -130,9 +93,9 @@ def test_a_killed_job_leaves_the_index_intact_and_the_rerun_adopts_its_segments(
 
     summary = killed.add([mixed], ray="auto")
     assert summary.resumed > 0 and summary.embedded > 0, "the job was not killed mid-way"
-    assert summary.resumed + summary.embedded == FILES - 1 and len(summary.failed) == 1
+    assert summary.resumed + summary.embedded == MIXED_FILES - 1 and len(summary.failed) == 1
     counts = killed.sql("SELECT path, count(*) AS n, min(pieces) AS pieces FROM items GROUP BY path").to_pylist()
-    assert len(counts) == FILES - 1 and all(row["n"] == row["pieces"] for row in counts)
+    assert len(counts) == MIXED_FILES - 1 and all(row["n"] == row["pieces"] for row in counts)
     assert killed.verify() == []
     assert _staged_sidecars(idx.path) == []
 

@@ -214,7 +214,7 @@ def decode_image(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
 
 @cache
 def _register_heif() -> None:
-    """Teach Pillow HEIC/HEIF (Pillow reads AVIF itself), on first use: the import is not free."""
+    """Teach Pillow HEIC/HEIF (Pillow reads AVIF itself), on the first HEIC file: the import is not free."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
@@ -251,7 +251,8 @@ def open_image(data: bytes, options: DecodeOptions) -> tuple[Image.Image, dict]:
     full. Whatever would still decode to more than ``max_pixels`` is refused before any
     pixel is decoded.
     """
-    _register_heif()
+    if sniff(data[:HEAD_BYTES]) == "heic":
+        _register_heif()
     with _pillow_bomb_check_off():
         try:
             image = Image.open(io.BytesIO(data))

@@ -77,10 +77,11 @@ def indexable(modality: str, encoded: Sequence[str]) -> bool:
 
 
 def default_workers(n_files: int) -> int:
-    """Worker processes to use: none for tiny jobs, else one per core (at most 8)."""
+    """Worker processes to use: none for tiny jobs, else one per core (at most 32: a GPU encoder
+    outruns a few decoding cores, so a big machine's cores all decode)."""
     if n_files < INLINE_BELOW:
         return 0
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(32, os.cpu_count() or 1))
 
 
 def _decoded(files: Sequence[FoundFile], options: DecodeOptions, workers: int) -> Iterator[Decoded]:

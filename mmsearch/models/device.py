@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mmsearch.errors import ModelError
+from mmsearch.models.base import ImageInput
 
 
 def resolve_device(device: str | None) -> str:
@@ -38,6 +39,15 @@ def to_device(array: np.ndarray, device: str) -> torch.Tensor:
     if device.startswith("cuda"):
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def crops_to_device(crops: np.ndarray, spec: ImageInput, device: str) -> torch.Tensor:
+    """uint8 crops ``(n, size, size, 3)`` as normalised float model input ``(n, 3, size, size)`` on
+    ``device``: the same arithmetic as :func:`mmsearch.preprocess.normalise`, done after the copy."""
+    pixels = to_device(crops, device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return pixels.sub_(mean).div_(std)
 
 
 def to_numpy(vectors: torch.Tensor) -> np.ndarray:

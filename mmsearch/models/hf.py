@@ -25,7 +25,7 @@ import torch
 from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.models.base import Encoder, ImageInput
-from mmsearch.models.device import default_batch_size, inference, to_device, to_numpy
+from mmsearch.models.device import crops_to_device, default_batch_size, inference, to_device, to_numpy
 from mmsearch.models.hub import RemoteWeights, ensure_available, quiet_root_logger
 
 INSTALL_HINT = "pip install 'mmsearch[hf]'"
@@ -140,8 +140,13 @@ class HfEncoder(Encoder):
             raise ModelError(f"hf:{repo} loaded but its {CONFIG_NAME} is not in the hub cache")
         return path
 
+    def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
+        return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
+
     def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
-        batch = to_device(pixels, self.device)
+        return self._encode_images(to_device(pixels, self.device))
+
+    def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
         with inference(self.device):
             return to_numpy(pooled(self.model.get_image_features(pixel_values=batch)))
 
