@@ -252,14 +252,15 @@ def main() -> None:
 
 
 def decode_line(e2e: dict) -> str:
-    """What the decode workers alone could deliver, from their summed seconds."""
+    """Where decoding time went, from the summary's summed seconds."""
     if not e2e.get("decode_capacity_img_s"):
-        return "Decode capacity: not recorded in this run."
+        return "Decode: not recorded in this run."
     per_image_ms = 1000 * e2e["workers"] / e2e["decode_capacity_img_s"]
     return (
-        f"Decode capacity: {e2e['workers']} worker processes × {per_image_ms:.1f} ms per photo (read, hash, "
-        f"reduced JPEG decode, resize, crop) = {e2e['decode_capacity_img_s']:.0f} img/s at most, before any "
-        "transfer to the main process."
+        f"Decode: {e2e['stages_s']['decode']:.1f} s summed over {e2e['workers']} worker processes (read, hash, "
+        "header; the pixels too where the CPU decodes them) and, on CUDA, the device's JPEG decoding in the main "
+        f"process: {per_image_ms:.1f} ms per photo, so the workers alone could feed at most "
+        f"{e2e['decode_capacity_img_s']:.0f} img/s."
     )
 
 

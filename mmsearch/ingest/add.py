@@ -23,6 +23,7 @@ from mmsearch.ingest.discover import FoundFile, check_roots, walk
 from mmsearch.ingest.plan import Plan, make_plan, mtime_us
 from mmsearch.ingest.sources import check_lists
 from mmsearch.models.base import Encoder
+from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
 
@@ -226,7 +227,7 @@ class _Sink:
 
     def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
         ids = self.writer.next_ids(len(pieces))
-        rows = [item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)]
+        rows = items_table([item_row(int(i), self.files[d.path], d, piece) for i, (d, piece) in zip(ids, pieces)])
         start = 0
         for end in range(1, len(pieces) + 1):
             decoded = pieces[end - 1][0]
@@ -237,7 +238,8 @@ class _Sink:
             if not last:
                 self.missing[decoded.path] = missing
             replaced = self.replaces.pop(decoded.path, ()) if last else ()
-            self.writer.append(vectors[start:end], rows[start:end], replaced, group=decoded.path, last=last)
+            file_rows = rows.slice(start, end - start)
+            self.writer.append(vectors[start:end], file_rows, replaced, group=decoded.path, last=last)
             start = end
 
 

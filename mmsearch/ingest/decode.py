@@ -31,8 +31,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.hashing import file_digest
+from mmsearch.ingest import device_jpeg
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
-from mmsearch.ingest.sources import FetchError, read_bytes
+from mmsearch.ingest.sources import FetchError, is_remote, read_bytes
 from mmsearch.preprocess import square_crop
 
 EXIF_ORIENTATION = 0x0112
@@ -64,10 +65,14 @@ class DecodeOptions:
     max_pixels: int = 100_000_000  # the most pixels decoded at once (~300 MB of RGB) after any reduced decode
     video_every: float = 2.0  # seconds between sampled video frames (shot changes add more)
     soundtrack: bool = True  # decode a video's sound (only when the model embeds audio)
+    jpeg_on_device: bool = False  # leave local JPEGs' pixels to the encoder's device (see device_jpeg)
 
     def fingerprint(self) -> str:
-        """Identifies the settings, so a failure is retried when they change."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Identifies the settings, so a failure is retried when they change (where pixels are
+        decoded is no such setting: a file either path cannot read fails in both)."""
+        settings = asdict(self)
+        del settings["jpeg_on_device"]
+        return json.dumps(settings, sort_keys=True)
 
 
 @dataclass
@@ -77,7 +82,7 @@ class Piece:
     ``modality`` names the encoder input when it is not the file's own (a video's frames
     are images, its soundtrack windows audio)."""
 
-    payload: np.ndarray | str
+    payload: np.ndarray | str | device_jpeg.DeferredJpeg
     meta: dict = field(default_factory=dict)
     modality: str | None = None
 
@@ -206,6 +211,10 @@ def decode_image(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
         meta, image = _raw_image(data, path, options)
     else:
         image, meta = open_image(data, options)
+        if options.jpeg_on_device and not is_remote(path) and device_jpeg.deferrable(image):
+            with image:
+                orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+            return meta, [Piece(device_jpeg.DeferredJpeg(path, orientation))]
         with image:
             image = ImageOps.exif_transpose(image)
     with image:

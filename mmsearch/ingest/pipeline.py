@@ -19,9 +19,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
+from mmsearch.ingest import device_jpeg
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
 from mmsearch.ingest.discover import ENCODED_AS, MODALITY_OF_DECODER, FoundFile
 from mmsearch.models.base import Encoder
@@ -130,6 +132,24 @@ def _main_script_hidden() -> Iterator[None]:
         sys.modules["__main__"] = real
 
 
+def _device_crops(
+    batch: list[tuple[Decoded, Piece]], encoder: Encoder, result: IngestResult
+) -> tuple[list[tuple[Decoded, Piece]], Any]:
+    """Decode a batch's deferred JPEGs on the encoder's device; files that cannot be decoded
+    there or by Pillow leave the batch as failures (a photo is one piece, so nothing else of
+    theirs is in flight)."""
+    crops, failed = device_jpeg.crops([p.payload for _, p in batch], encoder.image_spec().size, encoder.device)
+    for position, reason in failed.items():
+        decoded = batch[position][0]
+        decoded.error, decoded.pieces = reason, []
+        result.failures.append(decoded)
+        result.embedded_files -= 1
+    keep = [i for i in range(len(batch)) if i not in failed]
+    if failed:
+        crops = crops[keep]
+    return [batch[i] for i in keep], crops
+
+
 def _decode_job(job: tuple[str, str], options: DecodeOptions) -> Decoded:
     return decode(job[0], job[1], options)
 
@@ -153,7 +173,15 @@ def run(
         if not batch:
             return
         started = time.perf_counter()
-        vectors = encoder.embed(modality, [piece.payload for _, piece in batch])
+        if modality == "image" and options.jpeg_on_device:
+            batch, crops = _device_crops(batch, encoder, result)
+            result.times.decode += time.perf_counter() - started
+            started = time.perf_counter()
+            if not batch:
+                return
+            vectors = encoder.embed_crops(crops)
+        else:
+            vectors = encoder.embed(modality, [piece.payload for _, piece in batch])
         encoded = time.perf_counter()
         sink(vectors, batch)
         result.times.encode += encoded - started
@@ -161,6 +189,8 @@ def run(
         result.vectors += len(batch)
 
     workers = default_workers(len(files)) if workers is None else workers
+    if "image" in encoder.modalities and encoder.crops_on_device and device_jpeg.available(encoder.device):
+        options = replace(options, jpeg_on_device=True)
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar, _encoder_threads(workers):
         for decoded in _decoded(files, options, workers):

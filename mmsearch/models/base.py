@@ -73,6 +73,7 @@ class Encoder:
     batch_size: int = 64
     device: str = "cpu"
     audio_part: AudioPart | None = None
+    crops_on_device: bool = False  # embed_crops also takes a torch uint8 tensor already on ``device``
 
     def embed(self, modality: str, payloads: Sequence[Any]) -> np.ndarray:
         """Embed decoded pieces of one modality: uint8 crops, strings or waveforms."""

@@ -41,10 +41,12 @@ def to_device(array: np.ndarray, device: str) -> torch.Tensor:
     return tensor.to(device)
 
 
-def crops_to_device(crops: np.ndarray, spec: ImageInput, device: str) -> torch.Tensor:
-    """uint8 crops ``(n, size, size, 3)`` as normalised float model input ``(n, 3, size, size)`` on
-    ``device``: the same arithmetic as :func:`mmsearch.preprocess.normalise`, done after the copy."""
-    pixels = to_device(crops, device).permute(0, 3, 1, 2).float().div_(255.0)
+def crops_to_device(crops: np.ndarray | torch.Tensor, spec: ImageInput, device: str) -> torch.Tensor:
+    """uint8 crops ``(n, size, size, 3)`` (on the host, or already on ``device``) as normalised
+    float model input ``(n, 3, size, size)`` on ``device``: the same arithmetic as
+    :func:`mmsearch.preprocess.normalise`, done after the copy."""
+    batch = crops.to(device) if isinstance(crops, torch.Tensor) else to_device(crops, device)
+    pixels = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return pixels.sub_(mean).div_(std)

@@ -140,6 +140,8 @@ class HfEncoder(Encoder):
             raise ModelError(f"hf:{repo} loaded but its {CONFIG_NAME} is not in the hub cache")
         return path
 
+    crops_on_device = True
+
     def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
         return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
 

@@ -97,6 +97,8 @@ class OpenClipEncoder(Encoder):
         self.batch_size = default_batch_size(device)
         self.dim = int(self._embed_text_batch([""]).shape[1])
 
+    crops_on_device = True
+
     def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
         return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
 

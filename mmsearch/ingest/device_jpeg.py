@@ -1,0 +1,160 @@
+"""JPEG photos decoded on the encoder's device (nvJPEG through torchvision on CUDA).
+
+On a GPU the CPU cores cannot decode photos as fast as the model embeds them (a 2 MP JPEG
+costs 10-15 ms of entropy decoding on one core, reduced decoding or not). So when the encoder
+runs on CUDA, decode workers still read, hash and parse each local JPEG's header (metadata,
+EXIF orientation, limits) but leave its pixels: the piece's payload is a :class:`DeferredJpeg`.
+The main process decodes a batch of them at once on the device, orients, resizes (bicubic,
+antialiased, shortest side to the model size) and centre-crops there, and hands the encoder
+uint8 crops that never visit the host. A photo the device cannot decode (an unusual JPEG
+flavour) falls back to Pillow; one neither can decode is a failure like any other.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+MAX_DEVICE_PIXELS = 50_000_000  # larger photos take the CPU path, which decodes them reduced
+DEFERRABLE_MODES = ("RGB", "L")  # 8-bit baseline colour or grey; CMYK and the like stay on the CPU
+READERS = 8  # threads reading deferred files back (reads release the GIL)
+
+
+@dataclass(frozen=True)
+class DeferredJpeg:
+    """A JPEG whose pixels are decoded later, on the encoder's device."""
+
+    path: str
+    orientation: int = 1  # EXIF orientation, 1 (as stored) to 8
+
+
+def deferrable(image: Image.Image) -> bool:
+    """Whether a parsed (not yet decoded) image is a JPEG the device decoder handles."""
+    return (
+        image.format == "JPEG"
+        and image.mode in DEFERRABLE_MODES
+        and not image.info.get("progressive")
+        and image.width * image.height <= MAX_DEVICE_PIXELS
+    )
+
+
+def available(device: str) -> bool:
+    """Whether JPEGs are decoded on ``device``: CUDA with torchvision's nvJPEG decoder."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def crops(payloads: Sequence[np.ndarray | DeferredJpeg], size: int, device: str) -> tuple[Any, dict[int, str]]:
+    """A batch of image payloads as uint8 crops ``(n, size, size, 3)`` on ``device`` (a torch
+    tensor), decoding the deferred ones there; and the positions that could not be decoded, with
+    their reasons (their rows in the tensor are zeros: drop them)."""
+    import torch
+
+    out = torch.zeros((len(payloads), size, size, 3), dtype=torch.uint8, device=device)
+    ready = [(i, p) for i, p in enumerate(payloads) if not isinstance(p, DeferredJpeg)]
+    if ready:
+        stacked = torch.from_numpy(np.stack([p for _, p in ready]))
+        out[torch.as_tensor([i for i, _ in ready], device=device)] = stacked.to(device)
+    deferred = [(i, p) for i, p in enumerate(payloads) if isinstance(p, DeferredJpeg)]
+    failed: dict[int, str] = {}
+    for (position, _), crop in zip(deferred, _decoded([p for _, p in deferred], size, device)):
+        if isinstance(crop, str):
+            failed[position] = crop
+        else:
+            out[position] = crop
+    return out, failed
+
+
+def _decoded(jpegs: list[DeferredJpeg], size: int, device: str) -> list[Any]:
+    """One crop tensor (or a failure reason) per JPEG, decoded in one batch where possible."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with ThreadPoolExecutor(READERS) as pool:
+        data = list(pool.map(_read, (j.path for j in jpegs)))
+    readable = [i for i, d in enumerate(data) if not isinstance(d, str)]
+    images: list[Any] = list(data)
+    if not readable:
+        return images
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)  # nvJPEG's own stream must not be handed blocks still in use
+    try:
+        batch = decode_jpeg([data[i] for i in readable], mode=ImageReadMode.RGB, device=device)
+        for i, image in zip(readable, batch):
+            images[i] = image
+    except RuntimeError:  # one odd file fails the whole batch: decode one by one, then Pillow
+        for i in readable:
+            images[i] = _one(data[i], device, decode_jpeg, ImageReadMode.RGB)
+    return [
+        image if isinstance(image, str) else _cropped(image, j.orientation, size) for image, j in zip(images, jpegs)
+    ]
+
+
+def _read(path: str) -> Any:
+    import torch
+
+    try:
+        with open(path, "rb") as handle:
+            return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+    except OSError as exc:
+        return f"could not read the file again: {exc.strerror or exc}"
+
+
+def _one(data: Any, device: str, decode: Callable, mode: Any) -> Any:
+    """One JPEG ``(3, h, w)`` on the device, decoded there or else by Pillow; or why neither could."""
+    import torch
+
+    try:
+        return decode(data, mode=mode, device=device)
+    except RuntimeError:
+        pass
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return f"not a readable image file ({str(exc).splitlines()[0][:200]})"
+    return torch.from_numpy(pixels).permute(2, 0, 1).to(device)
+
+
+def _cropped(image: Any, orientation: int, size: int) -> Any:
+    """``(3, h, w)`` uint8 on the device → oriented, shortest side to ``size`` (bicubic,
+    antialiased, as Pillow resizes), centre crop ``(size, size, 3)`` uint8."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    image = _oriented(image, orientation)
+    height, width = image.shape[-2:]
+    scale = size / min(width, height)
+    resized = (max(size, round(height * scale)), max(size, round(width * scale)))
+    pixels = image[None].float()
+    if resized != (height, width):
+        pixels = interpolate(pixels, size=resized, mode="bicubic", antialias=True, align_corners=False)
+    top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+    crop = pixels[0, :, top : top + size, left : left + size]
+    return crop.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def _oriented(image: Any, orientation: int) -> Any:
+    """Apply an EXIF orientation to a ``(3, h, w)`` tensor as Pillow's ``exif_transpose`` does."""
+    if orientation in (2, 3):
+        image = image.flip(-1)
+    if orientation in (3, 4):
+        image = image.flip(-2)
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(-1, -2)
+        if orientation in (6, 7):
+            image = image.flip(-1)
+        if orientation in (7, 8):
+            image = image.flip(-2)
+    return image
