@@ -105,8 +105,7 @@ def _read(path: str) -> Any:
     import torch
 
     try:
-        with open(path, "rb") as handle:
-            return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
     except OSError as exc:
         return f"could not read the file again: {exc.strerror or exc}"
 
