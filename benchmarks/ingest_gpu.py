@@ -188,7 +188,7 @@ def index_run(folder: Path, index: Path, spec: str, device: str, workers: int, e
         "failed": len(summary["failed"]),
         "wall_s": round(wall, 2),
         "img_s": summary["embedded"] / wall,
-        "img_s_ingest": summary["embedded"] / summary["seconds"]["total"],
+        "img_s_ingest": summary["embedded"] / (summary["seconds"]["total"] - summary["seconds"].get("load", 0.0)),
         "stages_s": summary["seconds"],
     }
 
@@ -323,7 +323,7 @@ def report(r: dict) -> str:
         "| --- | ---: | --- |",
         f"| model only (random uint8 crops, batch {model['batch_size']}) | {model['img_s']:.1f} | baseline |",
         f"| `mmsearch index`, whole run | {e2e['img_s']:.1f} | {e2e['img_s'] / model['img_s']:.2f}× model |",
-        "| `mmsearch index`, the ingest itself (summary's total: no start-up, no model load) | "
+        "| `mmsearch index`, the ingest itself (summary's total less its load: no start-up, no model load) | "
         f"{e2e['img_s_ingest']:.1f} | "
         f"{r['ratio_end_to_end_over_model']:.2f}× model (target ≥ {r['targets']['ratio']}) |",
     ]

@@ -10,6 +10,7 @@ changes, so one ``Index`` serves many threads at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -97,6 +98,7 @@ class Index:
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
         self._rerankers: dict[str, Reranker] = {}
+        self._unbilled_load_s = 0.0  # a model loaded by create(), reported by the first add()
         self._snapshot = Snapshot.load(self.path)
         if encoder is not None:
             self._check_space(encoder)
@@ -125,12 +127,15 @@ class Index:
             raise UserInputError("shard size must be at least 1")
         if dim is not None and (model is not None or encoder is not None):
             raise UserInputError("give a model or a dim, not both (with a model, the dimension is the model's)")
+        load_s = 0.0
         if dim is not None:
             if dim < 1:
                 raise UserInputError("dim must be at least 1")
             spec = dict(model=None, space_id=f"vectors:{dim}", dim=dim, inputs=None)
         else:
+            started = time.perf_counter()
             encoder = encoder or registry.load_encoder(model or registry.default_model(), device)
+            load_s = time.perf_counter() - started
             spec = dict(
                 model=encoder.spec,
                 space_id=encoder.space_id,
@@ -142,7 +147,9 @@ class Index:
         manifest = Manifest(**spec, recipe=recipe, shard_size=shard_size)
         with ShardWriter(path, manifest):
             pass
-        return cls(path, encoder, device)
+        index = cls(path, encoder, device)
+        index._unbilled_load_s = load_s
+        return index
 
     @classmethod
     def open(
@@ -248,6 +255,10 @@ class Index:
             summary = add_files_ray(self.path, paths, lambda: self.encoder, options, ray, self.device)
         else:
             summary = add_files(self.path, paths, lambda: self.encoder, options)
+        if self._unbilled_load_s:
+            for stage in ("load", "total"):
+                summary.seconds[stage] = round(summary.seconds.get(stage, 0.0) + self._unbilled_load_s, 3)
+            self._unbilled_load_s = 0.0
         self.refresh()
         return summary
 

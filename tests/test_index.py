@@ -349,3 +349,10 @@ def test_reader_follows_a_writer_that_replaced_its_shards(index: Index, photos: 
     index.compact()  # rewrites every shard file the reader had loaded
     index.remove([photos / "nested"])
     assert len(reader.search("red", k=100)) == 6
+
+
+def test_the_model_load_of_a_new_index_is_billed_to_its_first_add(tmp_path: Path, photos: Path) -> None:
+    idx = Index.create(tmp_path / "fresh", "demo")
+    first = idx.add([photos])
+    assert first.seconds["load"] > 0 and first.seconds["total"] >= first.seconds["load"]
+    assert idx.add([photos]).seconds.get("load", 0.0) == 0.0  # nothing to embed, nothing loaded or billed
