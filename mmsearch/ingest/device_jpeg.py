@@ -13,6 +13,7 @@ flavour) falls back to Pillow; one neither can decode is a failure like any othe
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from PIL import Image
 MAX_DEVICE_PIXELS = 50_000_000  # larger photos take the CPU path, which decodes them reduced
 DEFERRABLE_MODES = ("RGB", "L")  # 8-bit baseline colour or grey; CMYK and the like stay on the CPU
 READERS = 8  # threads reading deferred files back (reads release the GIL)
+CROP_CHUNK = 64  # photos resized in one call: ~1.5 GB of float pixels at 2 MP
 
 
 @dataclass(frozen=True)
@@ -67,38 +69,41 @@ def crops(payloads: Sequence[np.ndarray | DeferredJpeg], size: int, device: str)
         stacked = torch.from_numpy(np.stack([p for _, p in ready]))
         out[torch.as_tensor([i for i, _ in ready], device=device)] = stacked.to(device)
     deferred = [(i, p) for i, p in enumerate(payloads) if isinstance(p, DeferredJpeg)]
-    failed: dict[int, str] = {}
-    for (position, _), crop in zip(deferred, _decoded([p for _, p in deferred], size, device)):
-        if isinstance(crop, str):
-            failed[position] = crop
-        else:
-            out[position] = crop
+    images = _decoded([p for _, p in deferred], device)
+    failed = {position: image for (position, _), image in zip(deferred, images) if isinstance(image, str)}
+    groups: dict[tuple, list[int]] = defaultdict(list)  # photos of one shape and orientation crop together
+    for n, ((_, jpeg), image) in enumerate(zip(deferred, images)):
+        if not isinstance(image, str):
+            groups[(tuple(image.shape), jpeg.orientation)].append(n)
+    for (_, orientation), members in groups.items():
+        for start in range(0, len(members), CROP_CHUNK):
+            chunk = members[start : start + CROP_CHUNK]
+            cropped = _cropped(torch.stack([images[n] for n in chunk]), orientation, size)
+            out[torch.as_tensor([deferred[n][0] for n in chunk], device=device)] = cropped
     return out, failed
 
 
-def _decoded(jpegs: list[DeferredJpeg], size: int, device: str) -> list[Any]:
-    """One crop tensor (or a failure reason) per JPEG, decoded in one batch where possible."""
+def _decoded(jpegs: list[DeferredJpeg], device: str) -> list[Any]:
+    """Each JPEG as ``(3, h, w)`` uint8 on ``device`` (or why it could not be read or decoded),
+    decoded in one batch where possible."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with ThreadPoolExecutor(READERS) as pool:
-        data = list(pool.map(_read, (j.path for j in jpegs)))
-    readable = [i for i, d in enumerate(data) if not isinstance(d, str)]
-    images: list[Any] = list(data)
+        images: list[Any] = list(pool.map(_read, (j.path for j in jpegs)))
+    readable = [i for i, d in enumerate(images) if not isinstance(d, str)]
     if not readable:
         return images
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)  # nvJPEG's own stream must not be handed blocks still in use
+    data = [images[i] for i in readable]
     try:
-        batch = decode_jpeg([data[i] for i in readable], mode=ImageReadMode.RGB, device=device)
-        for i, image in zip(readable, batch):
-            images[i] = image
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:  # one odd file fails the whole batch: decode one by one, then Pillow
-        for i in readable:
-            images[i] = _one(data[i], device, decode_jpeg, ImageReadMode.RGB)
-    return [
-        image if isinstance(image, str) else _cropped(image, j.orientation, size) for image, j in zip(images, jpegs)
-    ]
+        decoded = [_one(d, device, decode_jpeg, ImageReadMode.RGB) for d in data]
+    for i, image in zip(readable, decoded):
+        images[i] = image
+    return images
 
 
 def _read(path: str) -> Any:
@@ -126,26 +131,26 @@ def _one(data: Any, device: str, decode: Callable, mode: Any) -> Any:
     return torch.from_numpy(pixels).permute(2, 0, 1).to(device)
 
 
-def _cropped(image: Any, orientation: int, size: int) -> Any:
-    """``(3, h, w)`` uint8 on the device → oriented, shortest side to ``size`` (bicubic,
-    antialiased, as Pillow resizes), centre crop ``(size, size, 3)`` uint8."""
+def _cropped(images: Any, orientation: int, size: int) -> Any:
+    """``(n, 3, h, w)`` uint8 on the device → oriented, shortest side to ``size`` (bicubic,
+    antialiased, as Pillow resizes), centre crops ``(n, size, size, 3)`` uint8."""
     import torch
     from torch.nn.functional import interpolate
 
-    image = _oriented(image, orientation)
-    height, width = image.shape[-2:]
+    images = _oriented(images, orientation)
+    height, width = images.shape[-2:]
     scale = size / min(width, height)
     resized = (max(size, round(height * scale)), max(size, round(width * scale)))
-    pixels = image[None].float()
+    pixels = images.float()
     if resized != (height, width):
         pixels = interpolate(pixels, size=resized, mode="bicubic", antialias=True, align_corners=False)
     top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
-    crop = pixels[0, :, top : top + size, left : left + size]
-    return crop.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    crops = pixels[:, :, top : top + size, left : left + size]
+    return crops.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _oriented(image: Any, orientation: int) -> Any:
-    """Apply an EXIF orientation to a ``(3, h, w)`` tensor as Pillow's ``exif_transpose`` does."""
+    """Apply an EXIF orientation to ``(..., h, w)`` tensors as Pillow's ``exif_transpose`` does."""
     if orientation in (2, 3):
         image = image.flip(-1)
     if orientation in (3, 4):
