@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mmsearch.errors import ModelError
-from mmsearch.models.base import ImageInput
+from mmsearch.models.base import Encoder, ImageInput
 
 
 def resolve_device(device: str | None) -> str:
@@ -60,3 +60,20 @@ def to_numpy(vectors: torch.Tensor) -> np.ndarray:
 def default_batch_size(device: str) -> int:
     """Rows per forward pass: large on a GPU, modest on CPU where memory bandwidth rules."""
     return 256 if device.startswith("cuda") else 64
+
+
+class TorchEncoder(Encoder):
+    """An encoder whose image tower is a torch module on ``device``: host pixels or uint8 crops
+    (on the host or already on the device) in, vectors out. Subclasses define ``_encode_images``."""
+
+    crops_on_device = True
+
+    def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
+        return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
+
+    def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
+        return self._encode_images(to_device(pixels, self.device))
+
+    def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
+        """Vectors of a normalised float batch ``(n, 3, size, size)`` on ``device``."""
+        raise ModelError(f"model {self.spec!r} cannot embed image")

@@ -24,8 +24,8 @@ import torch
 
 from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
-from mmsearch.models.base import Encoder, ImageInput
-from mmsearch.models.device import crops_to_device, default_batch_size, inference, to_device, to_numpy
+from mmsearch.models.base import ImageInput
+from mmsearch.models.device import TorchEncoder, default_batch_size, inference, to_numpy
 from mmsearch.models.hub import RemoteWeights, ensure_available, quiet_root_logger
 
 INSTALL_HINT = "pip install 'mmsearch[hf]'"
@@ -92,7 +92,7 @@ def image_input_of(processor: Any) -> ImageInput:
     return ImageInput(int(side), tuple(processor.image_mean), tuple(processor.image_std))
 
 
-class HfEncoder(Encoder):
+class HfEncoder(TorchEncoder):
     """A transformers CLIP-family model: image and text towers, float16 autocast on CUDA."""
 
     modalities = frozenset({"image", "text"})
@@ -139,14 +139,6 @@ class HfEncoder(Encoder):
         if not isinstance(path, str):
             raise ModelError(f"hf:{repo} loaded but its {CONFIG_NAME} is not in the hub cache")
         return path
-
-    crops_on_device = True
-
-    def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
-        return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
-
-    def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encode_images(to_device(pixels, self.device))
 
     def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
         with inference(self.device):

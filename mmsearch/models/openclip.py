@@ -18,8 +18,8 @@ import torch
 
 from mmsearch.errors import ModelError, one_line
 from mmsearch.hashing import file_digest
-from mmsearch.models.base import Encoder, ImageInput
-from mmsearch.models.device import crops_to_device, default_batch_size, inference, to_device, to_numpy
+from mmsearch.models.base import ImageInput
+from mmsearch.models.device import TorchEncoder, default_batch_size, inference, to_numpy
 from mmsearch.models.hub import RemoteWeights, ensure_available, hub_offline, quiet_root_logger
 from mmsearch.models.spec import DEMO_DIR, OpenClipSpec, demo_weights, open_clip_spec
 
@@ -60,7 +60,7 @@ def space_id_for(spec: OpenClipSpec) -> str:
     return f"{spec.arch}@{spec.weights}"
 
 
-class OpenClipEncoder(Encoder):
+class OpenClipEncoder(TorchEncoder):
     """An open_clip CLIP model; mixed precision on CUDA, float32 on CPU."""
 
     modalities = frozenset({"image", "text"})
@@ -96,14 +96,6 @@ class OpenClipEncoder(Encoder):
         )
         self.batch_size = default_batch_size(device)
         self.dim = int(self._embed_text_batch([""]).shape[1])
-
-    crops_on_device = True
-
-    def _embed_crop_batch(self, crops: np.ndarray) -> np.ndarray:
-        return self._encode_images(crops_to_device(crops, self.image_spec(), self.device))
-
-    def _embed_image_batch(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encode_images(to_device(pixels, self.device))
 
     def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
         with inference(self.device):
