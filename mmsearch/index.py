@@ -112,11 +112,14 @@ class Index:
         recipe: str = "auto",
         device: str | None = None,
         encoder: Encoder | None = None,
+        max_memory: int | None = None,
     ) -> Index:
         """Create an empty index for ``model`` (default: :func:`registry.default_model`).
 
         With ``dim`` and no model, the index holds vectors only: fed by
         :meth:`add_vectors` and queried with vectors, whatever model made them.
+        ``max_memory`` (bytes, ``auto`` recipe only): each shard is sealed with the most
+        accurate code whose bytes per vector fit the budget spread over the index's rows.
         """
         path = Path(path)
         if manifest_io.exists(path):
@@ -139,7 +142,8 @@ class Index:
                 inputs=inputs_of(encoder),
             )
         recipes.resolve(recipe, 0, spec["dim"])  # a bad recipe fails here, not at the first seal
-        manifest = Manifest(**spec, recipe=recipe, shard_size=shard_size)
+        recipes.check_budget(recipe, max_memory)
+        manifest = Manifest(**spec, recipe=recipe, shard_size=shard_size, max_memory=max_memory)
         with ShardWriter(path, manifest):
             pass
         return cls(path, encoder, device)
@@ -321,10 +325,18 @@ class Index:
         self.refresh()
         return [f"{problem}: {rows} items dropped; index their folders again" for problem, rows in dropped]
 
-    def compact(self) -> int:
-        """Rewrite all shards without tombstoned rows; returns how many rows were dropped."""
+    def compact(self, max_memory: int | None = None) -> int:
+        """Rewrite all shards without tombstoned rows; returns how many rows were dropped.
+
+        ``max_memory`` sets a new memory budget (``auto`` recipe) that every shard is sealed
+        under, spread over the rows that remain."""
         with ShardWriter(self.path, checkpoints=False) as writer:
+            if max_memory is not None:
+                recipes.check_budget(writer.manifest.recipe, max_memory)
+                writer.manifest.max_memory = max_memory
             shards, dead = writer.detach_all()
+            dead_ids = np.fromiter(dead, np.int64, len(dead))
+            writer.expected_rows = sum(int(np.count_nonzero(~np.isin(s.ids, dead_ids))) for s in shards)
             for shard in shards:
                 vectors, rows = shard.select(dead, exclude=True)
                 writer.append(vectors, rows)
@@ -571,6 +583,7 @@ class Index:
             "dim": m.dim,
             "metric": m.metric,
             "recipe": m.recipe,
+            "max_memory_bytes": m.max_memory,
             "shard_size": m.shard_size,
             "vectors": sum(counts.values()),
             "by_modality": counts,

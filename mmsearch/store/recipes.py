@@ -369,6 +369,27 @@ def resolve(recipe: str, rows: int, dim: int, max_bytes_per_vector: float | None
     return factory
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """A memory size such as ``8G``, ``512MiB``, ``1.5GB`` or ``1000000`` as bytes (units are
+    powers of 1024, as a machine's RAM is counted)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])I?B?|B)?\s*", text.upper())
+    size = int(float(m.group(1)) * _UNITS[m.group(2) or ""]) if m else 0
+    if size < 1:
+        raise UserInputError(f"invalid memory size {text!r}: give a positive amount such as 8G, 512M or 1.5GB")
+    return size
+
+
+def check_budget(recipe: str, max_memory: int | None) -> None:
+    """Refuse a memory budget where it has no effect (it shapes ``auto`` only)."""
+    if max_memory is not None and recipe.strip() != "auto":
+        raise UserInputError(f"a memory budget shapes the auto recipe only, not {recipe!r}; drop one of them")
+    if max_memory is not None and max_memory < 1:
+        raise UserInputError("the memory budget must be at least 1 byte")
+
+
 def check_recipe(recipe: str, dim: int | None = None) -> str:
     """Validate a ``--recipe`` value before any shard exists; returns it. Without ``dim``, a
     factory string passes if it builds at one of the common embedding dimensions (the real
