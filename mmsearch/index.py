@@ -545,10 +545,12 @@ class Index:
                 raise UserInputError(f"unknown modality {modality!r}; choose {', '.join(MODALITIES)} or any")
             return modality
         preferred = query_parser.result_modality(list(terms)) if terms else "any"
+        if preferred == "any":
+            return preferred
         counts = self.info_counts()
         if preferred != "any" and preferred not in counts and "video" in counts:
             return "video"  # no images (or sounds) to return: the frames (or soundtracks) of videos
-        return preferred if preferred != "any" and preferred in counts else "any"
+        return preferred if preferred in counts else "any"
 
     def info_counts(self) -> dict[str, int]:
         """Live items per modality (computed once per generation)."""
