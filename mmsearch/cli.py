@@ -762,11 +762,22 @@ def remove(
 
 
 @app.command()
-def compact(index: IndexOption = None, max_memory: MaxMemoryOption = None, json_out: JsonOption = False) -> None:
-    """Rewrite shards without removed items, reclaiming space (under a new --max-memory budget if given)."""
+def compact(
+    index: IndexOption = None,
+    max_memory: MaxMemoryOption = None,
+    shard_size: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N",
+            help="New vectors per shard, e.g. 1000000 to merge ten 100k shards into one (faster queries).",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rewrite shards without removed items, reclaiming space (with a new --shard-size or --max-memory if given)."""
     from mmsearch.store.recipes import parse_memory
 
-    dropped = _open(index).compact(parse_memory(max_memory) if max_memory is not None else None)
+    dropped = _open(index).compact(parse_memory(max_memory) if max_memory is not None else None, shard_size)
     if json_out:
         _print_json({"dropped": dropped})
     else:

@@ -325,12 +325,17 @@ class Index:
         self.refresh()
         return [f"{problem}: {rows} items dropped; index their folders again" for problem, rows in dropped]
 
-    def compact(self, max_memory: int | None = None) -> int:
+    def compact(self, max_memory: int | None = None, shard_size: int | None = None) -> int:
         """Rewrite all shards without tombstoned rows; returns how many rows were dropped.
 
         ``max_memory`` sets a new memory budget (``auto`` recipe) that every shard is sealed
-        under, spread over the rows that remain."""
+        under, spread over the rows that remain. ``shard_size`` sets a new shard size, e.g. to
+        merge many shards into a few big ones: a query pays each shard's coarse quantizer and
+        probes, so one IVF over 1M rows answers ~5-10x faster than ten over 100k each."""
+        if shard_size is not None and shard_size < 1:
+            raise UserInputError("shard size must be at least 1")
         with ShardWriter(self.path, checkpoints=False) as writer:
+            writer.manifest.shard_size = shard_size or writer.manifest.shard_size
             if max_memory is not None:
                 recipes.check_budget(writer.manifest.recipe, max_memory)
                 writer.manifest.max_memory = max_memory
