@@ -519,6 +519,14 @@ def recall_at_k(vectors: np.ndarray, queries: np.ndarray, labels: np.ndarray, kt
     return float(np.minimum(hits, k).mean() / k)
 
 
+def nprobe_steps(nlist: int) -> list[int]:
+    """The nprobe values :func:`tune` tries: 1, 2, 3, 4, 6, 8, 12, ... (steps of 1.5x and 4/3x,
+    not 2x: on clustered data recall@10 creeps up slowly, e.g. .944, .955, .963 at nprobe
+    32, 48, 64, so a doubling ladder pays 64 where 48 reaches .95), then ``nlist``."""
+    steps = sorted({v for i in range(int(math.log2(max(nlist, 1))) + 1) for v in (1 << i, 3 << i >> 1) if v <= nlist})
+    return [*steps, *([nlist] if steps[-1] != nlist else [])]
+
+
 def tune(
     index: faiss.Index,
     factory: str,
@@ -532,8 +540,8 @@ def tune(
 ) -> Tuning:
     """Measure recall@k of ``index`` on ``queries`` of its own vectors (perturbed by a little
     Gaussian noise, so a query is not only its own nearest neighbour) against exact search
-    over ``vectors``, and pick the cheapest settings that reach ``target``: nprobe (powers of
-    two up to nlist) for IVF, efSearch (16 … 1024) for HNSW, then k_factor (1 … 32) for a
+    over ``vectors``, and pick the cheapest settings that reach ``target``: nprobe (see
+    :func:`nprobe_steps`) for IVF, efSearch (16 … 1024) for HNSW, then k_factor (1 … 32) for a
     refine stage. If nothing reaches the target, the settings with the best measured recall
     (cheapest among equals; a sweep stops after 3 doublings without gain). The choice is
     also set on ``index`` as its defaults.
@@ -563,8 +571,7 @@ def tune(
 
     ivf, hnsw, refine = _ivf(index), _hnsw(index), _refine(index)
     if ivf is not None:
-        steps = [1 << i for i in range(int(math.log2(ivf.nlist)) + 1)]
-        primary = ("nprobe", [*steps, *([ivf.nlist] if steps[-1] != ivf.nlist else [])])
+        primary = ("nprobe", nprobe_steps(ivf.nlist))
     elif hnsw is not None:
         primary = ("efSearch", [ef for ef in EF_SEARCH_SWEEP if ef >= k] or [k])
     else:
