@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-
 import gc
+import itertools
 
 import faiss
 import numpy as np
