@@ -65,6 +65,15 @@ TokenOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+MaxMemoryOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget for the vectors of an auto-recipe index, e.g. 8G or 512M: each shard gets the most "
+        "accurate code (Flat, SQfp16, SQ8, ... PQ) that fits the budget spread over the index's rows.",
+    ),
+]
 DeviceOption = Annotated[
     Optional[str],
     typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: CUDA if present]"),
@@ -162,6 +171,7 @@ def index(
             "ones), flat, hnsw, or a FAISS factory string such as IVF1024,Flat or IVF1024,SQ8.",
         ),
     ] = "auto",
+    max_memory: MaxMemoryOption = None,
     workers: Annotated[
         Optional[int], typer.Option(metavar="N", help="Decode worker processes, 0 decodes in-process.  [default: auto]")
     ] = None,
@@ -213,9 +223,11 @@ def index(
     if video_every is not None and not video_every > 0:
         raise UserInputError(f"--video-every must be a positive number of seconds, not {video_every}")
     path = _index_path(index)
-    from mmsearch.store.recipes import check_recipe
+    from mmsearch.store.recipes import check_budget, check_recipe, parse_memory
 
     check_recipe(recipe)  # before any model loads
+    budget = parse_memory(max_memory) if max_memory is not None else None
+    check_budget(recipe, budget)
     if ray is not None:
         from mmsearch.distributed.runtime import connect
 
@@ -224,7 +236,9 @@ def index(
 
     if not json_out and sys.stderr.isatty():
         _say(f"loading model for {path} ...")
-    idx = Index.open_or_create(path, model, shard_size=shard_size, recipe=recipe, device=device)
+    idx = Index.open_or_create(path, model, shard_size=shard_size, recipe=recipe, device=device, max_memory=budget)
+    if budget is not None and idx.manifest.max_memory != budget:
+        raise UserInputError(f"index {path} already exists; set its memory budget with `mmsearch compact --max-memory`")
     summary = idx.add(
         paths,
         workers=workers,
@@ -748,9 +762,22 @@ def remove(
 
 
 @app.command()
-def compact(index: IndexOption = None, json_out: JsonOption = False) -> None:
-    """Rewrite shards without removed items, reclaiming space."""
-    dropped = _open(index).compact()
+def compact(
+    index: IndexOption = None,
+    max_memory: MaxMemoryOption = None,
+    shard_size: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N",
+            help="New vectors per shard, e.g. 1000000 to merge ten 100k shards into one (faster queries).",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rewrite shards without removed items, reclaiming space (with a new --shard-size or --max-memory if given)."""
+    from mmsearch.store.recipes import parse_memory
+
+    dropped = _open(index).compact(parse_memory(max_memory) if max_memory is not None else None, shard_size)
     if json_out:
         _print_json({"dropped": dropped})
     else:

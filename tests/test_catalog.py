@@ -67,6 +67,17 @@ def test_rows_by_id_in_any_order_skip_unknown_ids(catalog: Catalog) -> None:
     assert rows[1500]["path"] == "/data/b/1500.png"
 
 
+def test_rows_hold_every_column_also_the_empty_ones() -> None:
+    rows = [{"id": i, "modality": "image", "path": f"/p/{i}.png", "width": 10 * i if i % 2 else None} for i in range(6)]
+    table = items_table(rows)
+    catalog = Catalog(table)
+    got = catalog.rows([5, 2, 9])
+    assert sorted(got) == [2, 5]
+    assert got == {r["id"]: r for r in table.to_pylist() if r["id"] in (2, 5)}  # same values, Nones included
+    assert [list(row) for row in got.values()] == [table.column_names] * 2  # every column, in schema order
+    assert got[5]["width"] == 50 and got[2]["width"] is None and got[2]["text"] is None
+
+
 def test_rows_on_an_empty_catalog() -> None:
     assert Catalog(items_table([])).rows([1, 2]) == {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 
 import faiss
 import numpy as np
@@ -261,3 +262,11 @@ def test_unwrap_opens_a_shard_of_the_previous_format(inner_type, data: np.ndarra
     flat = faiss.IndexFlatIP(DIM)
     same, none = recipes.unwrap(flat)
     assert same is flat and none is None
+
+
+def test_nprobe_steps_are_finer_than_doublings() -> None:
+    assert recipes.nprobe_steps(1) == [1]
+    assert recipes.nprobe_steps(64) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert recipes.nprobe_steps(100)[-3:] == [64, 96, 100]  # nlist itself (exhaustive) comes last
+    steps = recipes.nprobe_steps(4096)
+    assert steps == sorted(set(steps)) and max(b / a for a, b in itertools.pairwise(steps[1:])) <= 1.5  # from 2 on

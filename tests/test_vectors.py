@@ -133,6 +133,20 @@ def test_small_appends_become_segments_merged_by_size_tier(tmp_path: Path) -> No
     assert [h.id for h in idx.search(vector=vectors[1070], k=1)] == [1070]
 
 
+def test_compact_to_a_larger_shard_size_merges_shards(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM, shard_size=50)
+    vectors = clustered(200)
+    ids = idx.add_vectors(vectors, rows(200))
+    assert len(idx.manifest.shards) == 4
+    idx.remove_ids(ids[:10])
+    assert idx.compact(shard_size=500) == 10
+    assert [s.rows for s in idx.manifest.shards] == [190] and idx.manifest.shard_size == 500
+    found = [[h.id for h in hits] for hits in idx.search_batch(vectors[:20], k=5)]
+    assert found == brute(vectors[10:], ids[10:], vectors[:20], 5)  # Flat: exact, removed ids gone
+    with pytest.raises(UserInputError, match="shard size"):
+        idx.compact(shard_size=0)
+
+
 def test_v1_index_opens_reads_and_takes_writes(tmp_path: Path) -> None:
     """An index in the first format: IDMap2-wrapped FAISS files, deleted ids in the manifest."""
     import faiss

@@ -99,9 +99,10 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
     """
     scores = np.concatenate([p[0] for p in parts], axis=1) if len(parts) > 1 else parts[0][0]
     ids = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
-    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    scores = np.where(ids >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
     order = np.lexsort((ids, -scores), axis=1)[:, :k]  # best first, ties by lower id; empty slots sort last
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    at = np.arange(len(order))[:, None]  # plain indexing: take_along_axis costs ~10 µs a call in Python
+    return scores[at, order], ids[at, order]
 
 
 def hits(scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:

@@ -65,6 +65,7 @@ class Manifest:
     recipe: str
     shard_size: int
     metric: str = "inner_product"
+    max_memory: int | None = None  # bytes the ``auto`` recipe may spend on the index's vectors (None: no budget)
     audio_space_id: str | None = None
     inputs: dict | None = None  # modalities and decode settings of the model (None: vector-only or unknown)
     shards: list[ShardInfo] = field(default_factory=list)

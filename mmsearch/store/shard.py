@@ -39,12 +39,20 @@ def parquet_path(index_dir: Path, name: str) -> Path:
     return Path(index_dir) / SHARDS_DIR / f"{name}.parquet"
 
 
-def seal(index_dir: Path, name: str, recipe: str, vectors: np.ndarray, table: pa.Table) -> ShardInfo:
+def seal(
+    index_dir: Path,
+    name: str,
+    recipe: str,
+    vectors: np.ndarray,
+    table: pa.Table,
+    max_bytes_per_vector: float | None = None,
+) -> ShardInfo:
     """Build, tune and write both files of a shard atomically; return its manifest entry.
 
     Row i of the FAISS index is row i of the Parquet file, which holds the ids.
+    ``max_bytes_per_vector`` is the memory budget an ``auto`` recipe must fit.
     """
-    factory = recipes.resolve(recipe, len(table), vectors.shape[1])
+    factory = recipes.resolve(recipe, len(table), vectors.shape[1], max_bytes_per_vector)
     index = recipes.build(factory, vectors)
     tuning = recipes.tune(index, factory, vectors)
     fpath, ppath = faiss_path(index_dir, name), parquet_path(index_dir, name)
