@@ -564,7 +564,7 @@ class Index:
         if preferred == "any":
             return preferred
         counts = self.info_counts()
-        if preferred != "any" and preferred not in counts and "video" in counts:
+        if preferred not in counts and "video" in counts:
             return "video"  # no images (or sounds) to return: the frames (or soundtracks) of videos
         return preferred if preferred in counts else "any"
 
