@@ -157,6 +157,11 @@ class DemoReranker(Reranker):
                 self._texts.popitem(last=False)
         return found
 
+    def forget_texts(self) -> None:
+        """Drop the remembered query texts (a benchmark times each query's full cost)."""
+        with self._texts_lock:
+            self._texts.clear()
+
     @torch.inference_mode()
     def logits(self, text: str, memory: torch.Tensor, embeddings: torch.Tensor) -> np.ndarray:
         """Raw match logits of one text against encoded item tokens and their embeddings."""
