@@ -84,6 +84,25 @@ def queries(modality: str, n: int, seed: int, keep: Callable[[str], bool] = lamb
     return out
 
 
+def auc(scores: list[float], labels: list[bool]) -> float:
+    """The probability that a random true match outscores a random false one (ties count half)."""
+    x, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():
+        return float("nan")
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # mid-ranks
+    positives = y.sum()
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * (~y).sum()))
+
+
+def form(query: str, modality: str) -> str:
+    """What a query pins down, e.g. ``colour+count+shape+size``."""
+    said = dict(world.parse_caption(query))
+    if modality == "audio":
+        said.pop("background", None)
+    return "+".join(sorted(said))
+
+
 def ndcg(labels: list[bool], total: int, k: int = K) -> float:
     gains = sum(1 / math.log2(i + 2) for i, hit in enumerate(labels[:k]) if hit)
     ideal = sum(1 / math.log2(i + 2) for i in range(min(k, total)))
@@ -97,7 +116,8 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
     present_answered = auto_present_answered = 0
     auto_kept = auto_kept_relevant = 0
     absent_empty = auto_absent_empty = absent = 0
-    probs, labels = [], []
+    probs, labels, cosines = [], [], []
+    by_form: dict[str, list[int]] = {}  # form -> [true matches kept at 0.5, true matches in the index]
     judged_queries: list[tuple[int, list[float], list[bool]]] = []  # (true matches in index, probs, labels)
     for text in texts:
         total = truth.count(text, modality)
@@ -107,6 +127,7 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
         plain_labels = [truth.relevant(text, h.path, modality) for h in plain]
         judged_labels = [truth.relevant(text, h.path, modality) for h in judged]
         probs += [h.match_prob for h in judged]
+        cosines += [h.score for h in judged]
         labels += judged_labels
         judged_queries.append((total, [h.match_prob for h in judged], judged_labels))
         above = [label for h, label in zip(judged, judged_labels) if h.match_prob >= 0.5]
@@ -123,6 +144,9 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
         present["ndcg_rerank"].append(ndcg(judged_labels, total))
         kept += len(above)
         kept_relevant += sum(above)
+        counts = by_form.setdefault(form(text, modality), [0, 0])
+        counts[0] += sum(above)
+        counts[1] += total
         relevant_in_index += total
         relevant_in_candidates += sum(judged_labels)
         present_answered += bool(above)
@@ -147,6 +171,11 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
         "auto_absent_empty": round(auto_absent_empty / max(absent, 1), 3),
         "ece": round(ece, 4),
         "judged_pairs": len(probs),
+        "auc_match_prob": round(auc(probs, labels), 4),
+        "auc_cosine": round(auc(cosines, labels), 4),
+        "recall_by_form": {
+            k: {"recall": round(v[0] / max(v[1], 1), 3), "true": v[1]} for k, v in sorted(by_form.items())
+        },
         "sweep": {str(t): sweep(judged_queries, t) for t in SWEEP},
     }
     return row, probs, labels
@@ -372,6 +401,17 @@ def markdown(report: dict) -> str:
             + " | ".join(f"{c['precision']:.2f} / {c['recall']:.2f} / {c['absent_empty']:.2f}" for c in cells)
             + " |"
         )
+    lines += [
+        "",
+        "Where the misses are: how well `match_prob` and the vector stage's cosine rank the judged pairs "
+        "(AUC), and recall at `--min-prob 0.5` by what the query pins down (true matches in the index):",
+        "",
+        "| direction | AUC match_prob | AUC cosine | recall at 0.5 by query form |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for r in report["rows"]:
+        forms = "; ".join(f"{k} {v['recall']:.2f} ({v['true']})" for k, v in r["recall_by_form"].items())
+        lines.append(f"| {r['direction']} | {r['auc_match_prob']:.3f} | {r['auc_cosine']:.3f} | {forms} |")
     s, b = report["latency"], report["breakdown"]
     lines += [
         "",
