@@ -13,6 +13,8 @@ black background") drawn from another seed. Ground truth comes from the generato
   queries that keep something, and the share of absent-thing queries (no true match in the
   index) answered with an empty list; the same for the vector stage's ``min_score="auto"``;
 * expected calibration error of ``match_prob`` over every judged (query, candidate) pair;
+  how well ``match_prob`` and the cosine rank those pairs (AUC), and the ``min_prob=0.5``
+  recall by what a query pins down (colour+count+shape, +size, +background);
 * latency per query, vector stage alone vs. re-ranked at depth 20/50/100 with the
   re-ranker's feature cache empty (cold) and at depth 50 warm (the same queries again), and
   where the cold re-ranking time goes (re-reading files vs. the towers vs. the matcher).
