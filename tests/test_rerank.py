@@ -19,7 +19,7 @@ import pytest
 from conftest import run_cli
 from mmsearch import Index, world
 from mmsearch.errors import ModelError, UserInputError
-from mmsearch.rerank import autoscore, registry
+from mmsearch.rerank import autoscore, registry, stage
 from mmsearch.rerank.base import Candidate, Query, Reranker
 from mmsearch.rerank.cache import FeatureCache, item_key
 from mmsearch.rerank.calibration import (
@@ -339,6 +339,10 @@ def test_indexed_candidates_hit_by_catalog_hash_renames_hit_and_edits_miss(tmp_p
         world.render(scene).save(folder / name)
     index = Index.create(tmp_path / "index", model="demo")
     index.add([folder])
+    for hit in index.search("a red circle", k=3):  # what the catalog recorded is what the file has
+        found = Path(hit.path).stat()
+        assert stage.candidate_of(hit).stamp == (found.st_size, found.st_mtime_ns // 1000)
+        assert stage.candidate_of(hit).content_hash == hit.metadata["content_hash"]
     cache = index.reranker().cache
     ask = {"k": 3, "rerank": True, "rerank_depth": 3}
     cold = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
@@ -357,6 +361,21 @@ def test_indexed_candidates_hit_by_catalog_hash_renames_hit_and_edits_miss(tmp_p
     (folder / "moved.png").unlink()
     gone = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
     assert gone["moved.png"] == 0.0 and len(cache) == 2  # no stale features for a file that is gone
+
+
+def test_matcher_attention_is_multihead_attention_with_the_same_weights() -> None:
+    import torch
+
+    from mmsearch.rerank.cross import attend
+
+    torch.manual_seed(0)
+    layer = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    query, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    valid = torch.rand(3, 7) > 0.3
+    valid[:, 0] = True
+    expected = layer(query, memory, memory, key_padding_mask=~valid, need_weights=False)[0]
+    assert torch.allclose(attend(layer, query, memory, valid), expected, atol=1e-6)
+    assert torch.allclose(attend(layer, query, memory), layer(query, memory, memory, need_weights=False)[0], atol=1e-6)
 
 
 def test_demo_reranker_encodes_a_text_query_once_for_both_stages(index: Index) -> None:

@@ -45,7 +45,10 @@ def candidate_of(hit: SearchResult) -> Candidate:
     """The hit as a re-ranker sees it, with the catalog's content hash, size and mtime."""
     row = hit.metadata
     mtime, size = row.get("mtime"), row.get("size")
-    stamp = None if mtime is None or size is None else (int(size), (mtime - EPOCH) // timedelta(microseconds=1))
+    stamp = None
+    if isinstance(mtime, datetime) and size is not None:  # else the cache hashes the file for its key
+        aware = mtime if mtime.tzinfo is not None else mtime.replace(tzinfo=timezone.utc)
+        stamp = (int(size), (aware - EPOCH) // timedelta(microseconds=1))
     return Candidate(
         hit.id,
         hit.path,
