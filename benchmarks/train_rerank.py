@@ -10,8 +10,8 @@ held-out world's top-``--depth`` candidates (exactly the pairs seen at query tim
 shipped in ``rerank.json`` with the architecture; ``--calibrate-only`` refits just that on
 the shipped weights.
 
-    python benchmarks/train_rerank.py                    # the shipped weights (≈ 10 min on 2 busy cores)
-    python benchmarks/train_rerank.py --calibrate-only   # refit the calibration only (≈ 2 min)
+    python benchmarks/train_rerank.py                    # the shipped weights (≈ 9 min on 2 busy cores)
+    python benchmarks/train_rerank.py --calibrate-only   # refit the calibration only (≈ 1 min)
     python benchmarks/train_rerank.py --steps 50 --images 500 --sounds 200 --out-dir /tmp/rr   # smoke run
 """
 
@@ -149,9 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--sounds", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32, help="queries per step (6 pairs each)")
-    parser.add_argument("--audio-every", type=int, default=4, help="every N-th step trains on sounds")
+    parser.add_argument("--audio-every", type=int, default=3, help="every N-th step trains on sounds")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--depth", type=int, default=50, help="vector-stage candidates per held-out query")

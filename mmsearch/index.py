@@ -419,6 +419,8 @@ class Index:
             stage.check(rerank_depth, min_prob)
             judge = stage.query_of(terms)
             reranker = self.reranker(rerank if isinstance(rerank, str) else None)
+            if vector is None:  # the re-ranker may encode the query for both stages at once
+                vector = reranker.query_vector(judge, self._manifest.model)
             query_vector = vector if vector is not None else self.embed_terms(terms)
             hits = self._search(np.atleast_2d(query_vector), returned, max(k, rerank_depth), where, min_score, False)[0]
             return stage.rerank(reranker, judge, hits, k, min_prob)

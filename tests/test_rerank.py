@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import run_cli
 from mmsearch import Index, world
 from mmsearch.errors import ModelError, UserInputError
-from mmsearch.rerank import autoscore, registry
+from mmsearch.rerank import autoscore, registry, stage
 from mmsearch.rerank.base import Candidate, Query, Reranker
 from mmsearch.rerank.cache import FeatureCache, item_key
 from mmsearch.rerank.calibration import (
@@ -290,25 +291,102 @@ def test_cache_hit_gives_the_cold_probabilities_and_a_changed_file_is_judged_afr
         world.Scene("square", "blue", "black", 2, "small", 5),
     ]
     candidates = []
-    for i, scene in enumerate(scenes * 2):  # two files with the same bytes: same features, different keys
+    for i, scene in enumerate(scenes * 2):  # two files with the same bytes: one key, the features of either
         world.render(scene).save(tmp_path / f"{i}.png")
         candidates.append(Candidate(i, str(tmp_path / f"{i}.png"), "image"))
     query = Query("text", "a red circle")
     cache = demo_reranker.cache
     cache.clear()
     cold = demo_reranker.match_probs(query, candidates)
-    assert (cache.hits, cache.misses, len(cache)) == (0, 4, 4)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 4, 2)
     warm = demo_reranker.match_probs(query, candidates)
     assert cache.hits == 4 and np.array_equal(cold, warm)
     assert cold[0] > 0.5 > cold[1] and cold[0] == cold[2]
 
     world.render(scenes[1]).save(tmp_path / "0.png")  # same path, new content
-    assert item_key(str(tmp_path / "0.png")) != item_key(str(tmp_path / "2.png"))
+    assert item_key(candidates[0]) == item_key(candidates[1]) != item_key(candidates[2])
     edited = demo_reranker.match_probs(query, candidates)
-    assert (cache.hits, cache.misses) == (7, 5)  # the edited file missed; the others hit
-    assert edited[0] == pytest.approx(cold[1], abs=1e-6) and edited[0] < 0.5
+    assert (cache.hits, cache.misses) == (8, 4)  # the edited file now has the bytes of 1.png: a hit
+    assert edited[0] == cold[1] and edited[0] < 0.5
     cache.clear()
     assert np.allclose(demo_reranker.match_probs(query, candidates), edited, atol=1e-6)  # as if never cached
+
+
+def test_cache_key_trusts_the_catalog_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    world.render(world.Scene("circle", "red", "grey", 1, "large", 3)).save(image)
+    found = image.stat()
+    stamp = (found.st_size, found.st_mtime_ns // 1000)
+    recorded = Candidate(1, str(image), "image", content_hash="recorded", stamp=stamp)
+    assert item_key(recorded) == ("recorded", 0.0)  # the catalog's hash, without reading the file
+    assert item_key(replace(recorded, offset_s=2.0)) == ("recorded", 2.0)
+    real = item_key(Candidate(1, str(image), "image"))
+    assert real is not None and real[0] != "recorded"
+    assert item_key(replace(recorded, stamp=(stamp[0] + 1, stamp[1]))) == real  # size moved: hash the file
+    assert item_key(replace(recorded, stamp=(stamp[0], stamp[1] - 1))) == real  # mtime moved: hash the file
+    image.unlink()
+    assert item_key(recorded) is None  # gone: no features, the candidate scores 0
+
+
+def test_indexed_candidates_hit_by_catalog_hash_renames_hit_and_edits_miss(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    red, blue = (
+        world.Scene("circle", "red", "grey", 1, "large", 3),
+        world.Scene("square", "blue", "black", 2, "small", 5),
+    )
+    for name, scene in (("red.png", red), ("blue.png", blue), ("red2.png", red)):
+        world.render(scene).save(folder / name)
+    index = Index.create(tmp_path / "index", model="demo")
+    index.add([folder])
+    for hit in index.search("a red circle", k=3):  # what the catalog recorded is what the file has
+        found = Path(hit.path).stat()
+        assert stage.candidate_of(hit).stamp == (found.st_size, found.st_mtime_ns // 1000)
+        assert stage.candidate_of(hit).content_hash == hit.metadata["content_hash"]
+    cache = index.reranker().cache
+    ask = {"k": 3, "rerank": True, "rerank_depth": 3}
+    cold = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
+    assert (cache.hits, cache.misses, len(cache)) == (0, 3, 2)  # red.png and red2.png share their bytes
+    assert cold["red.png"] == cold["red2.png"] > 0.5 > cold["blue.png"]
+
+    (folder / "red.png").rename(folder / "moved.png")
+    index.add([folder])
+    renamed = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
+    assert (cache.hits, cache.misses) == (3, 3) and renamed["moved.png"] == cold["red.png"]
+
+    world.render(blue).save(folder / "moved.png")  # edited, not yet re-indexed: judged on what is there now
+    edited = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
+    assert edited["moved.png"] == pytest.approx(cold["blue.png"], abs=1e-6) and edited["moved.png"] < 0.5
+    assert edited["red2.png"] == pytest.approx(cold["red2.png"], abs=1e-6)
+    (folder / "moved.png").unlink()
+    gone = {Path(h.path).name: h.match_prob for h in index.search("a red circle", **ask)}
+    assert gone["moved.png"] == 0.0 and len(cache) == 2  # no stale features for a file that is gone
+
+
+def test_matcher_attention_is_multihead_attention_with_the_same_weights() -> None:
+    import torch
+
+    from mmsearch.rerank.cross import attend
+
+    torch.manual_seed(0)
+    layer = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    query, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    valid = torch.rand(3, 7) > 0.3
+    valid[:, 0] = True
+    expected = layer(query, memory, memory, key_padding_mask=~valid, need_weights=False)[0]
+    assert torch.allclose(attend(layer, query, memory, valid), expected, atol=1e-6)
+    assert torch.allclose(attend(layer, query, memory), layer(query, memory, memory, need_weights=False)[0], atol=1e-6)
+
+
+def test_demo_reranker_encodes_a_text_query_once_for_both_stages(index: Index) -> None:
+    reranker = index.reranker()
+    query = "two small blue squares on a black background"
+    shared = reranker.query_vector(Query("text", query), index.manifest.model)
+    assert shared is not None and np.allclose(shared, index.embed_terms(embed_terms(query)), atol=1e-5)
+    assert reranker.text(query) is reranker.text(query)  # the judge reuses the tokens encoded for the vector stage
+    assert reranker.query_vector(Query("text", query), "ViT-B-32:laion2b_s34b_b79k") is None
+    reranked = index.search(query, k=20, rerank=True, rerank_depth=20)
+    assert {h.id for h in reranked} == {h.id for h in index.search(query, k=20)}
 
 
 def test_cache_serves_concurrent_searches(demo_reranker, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ The vector stage compares two vectors computed apart; a re-ranker sees the query
 candidate together (cross-attention, an ITM head) and returns the probability that the
 candidate matches. It re-reads each candidate from its file; a re-ranker may keep what it
 computed per item in memory (the demo one does, :mod:`mmsearch.rerank.cache`), keyed by the
-file's content hash so an edited file is judged afresh. Nothing is stored in the index.
+file's content hash (the catalog's, see :class:`Candidate`) so an edited file is judged
+afresh. Nothing is stored in the index.
 Subclasses set ``spec`` and ``pairs`` and implement :meth:`Reranker._match_probs`.
 """
 
@@ -29,13 +30,17 @@ class Query:
 
 @dataclass(frozen=True)
 class Candidate:
-    """An item found by the vector stage; audio windows carry their ``offset_s``."""
+    """An item found by the vector stage; audio windows carry their ``offset_s``. From an
+    index, it also carries what the catalog recorded of its file: ``content_hash`` and
+    ``stamp`` = (size, mtime in microseconds), so a cache can be consulted without reading it."""
 
     id: int
     path: str
     modality: str
     text: str | None = None
     offset_s: float = 0.0
+    content_hash: str | None = None
+    stamp: tuple[int, int] | None = None
 
 
 class Reranker(ABC):
@@ -58,6 +63,12 @@ class Reranker(ABC):
             group = [i for i, c in enumerate(candidates) if c.modality == modality]
             probs[group] = self._match_probs(query, [candidates[i] for i in group])
         return np.clip(probs, 0.0, 1.0)
+
+    def query_vector(self, query: Query, model: str | None) -> np.ndarray | None:
+        """The vector stage's unit query vector for an index built with ``model``, when this
+        re-ranker computes it anyway while judging (its text tower is that model's), so the
+        query is encoded once; ``None`` (the default): the index embeds the query itself."""
+        return None
 
     def unsupported(self, query_modality: str, item_modality: str) -> str:
         judged = ", ".join(f"{q}→{i}" for q, i in sorted(self.pairs))

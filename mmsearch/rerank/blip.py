@@ -50,8 +50,8 @@ class BlipReranker(Reranker):
 
     def _match_probs(self, query: Query, candidates: Sequence[Candidate]) -> np.ndarray:
         probs = np.zeros(len(candidates))
-        crops = image_crops(candidates, self.size)
-        readable = [i for i, crop in enumerate(crops) if crop is not None]
+        crops = {i: read.payload for i, read in enumerate(image_crops(candidates, self.size)) if read is not None}
+        readable = list(crops)
         for start in range(0, len(readable), self.batch_size):
             part = readable[start : start + self.batch_size]
             inputs = self.processor(

@@ -2,30 +2,44 @@
 
 Re-ranking spends most of its time re-reading candidates and running the frozen towers
 over them (``benchmarks/rerank.py``), and a warm process (the server, a library user)
-judges the same candidates again and again. Entries are keyed by path, content hash and
-window offset, so an edited file is a new key and is never served stale; the cached arrays
-are bounded in bytes and the least recently used entries go first. The server searches
-from many threads, so every operation holds one lock.
+judges the same candidates again and again. Entries are keyed by content hash and window
+offset: the features depend on nothing else, so a renamed or copied file hits, and an edited
+file is a new key and is never served stale. The hash is the one the index's catalog
+recorded, trusted while the file still has the size and mtime recorded with it (one
+``stat``, the ingest's own test for an unchanged file); otherwise the file is read and hashed.
+The cached arrays are bounded in bytes and the least recently used entries go first. The
+server searches from many threads, so every operation holds one lock.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from mmsearch.hashing import file_digest
+from mmsearch.rerank.base import Candidate
 
-Key = tuple[str, str, float]
+Key = tuple[str, float]
 Features = tuple[np.ndarray, ...]
 
 
-def item_key(path: str, offset_s: float = 0.0) -> Key | None:
-    """``(resolved path, sha256 of its bytes, window offset)``, or ``None`` if it cannot be read."""
+def content_key(content_hash: str, offset_s: float = 0.0) -> Key:
+    """``(sha256 of the file's bytes, window offset)``: all a candidate's features depend on."""
+    return content_hash, round(float(offset_s), 3)
+
+
+def item_key(candidate: Candidate) -> Key | None:
+    """The candidate's key: from the catalog's hash while the file's size and mtime are the
+    recorded ones (no read), else from hashing the file; ``None`` if it cannot be read."""
     try:
-        return str(Path(path).resolve()), file_digest(path), round(float(offset_s), 3)
+        if candidate.content_hash is not None and candidate.stamp is not None:
+            found = os.stat(candidate.path)
+            if (found.st_size, found.st_mtime_ns // 1000) == candidate.stamp:
+                return content_key(candidate.content_hash, candidate.offset_s)
+        return content_key(file_digest(candidate.path), candidate.offset_s)
     except OSError:
         return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,12 +50,34 @@ class CrossBlock(nn.Module):
         self.cross_attention = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, text: torch.Tensor, padding: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, valid: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """``valid`` (n, L) marks the text tokens that are not padding."""
+        return self.attend_item(self.attend_self(text, valid), item)
+
+    def attend_self(self, text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = self.norm_self(text)
-        text = text + self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
-        memory = self.norm_item(item)
-        text = text + self.cross_attention(self.norm_query(text), memory, memory, need_weights=False)[0]
+        return text + attend(self.self_attention, x, x, valid)
+
+    def attend_item(self, text: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        text = text + attend(self.cross_attention, self.norm_query(text), self.norm_item(item))
         return text + self.ff(self.norm_ff(text))
+
+
+def attend(
+    layer: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``layer(query, memory, memory)`` (``valid`` (n, S): the memory tokens that may be
+    attended to) with its own weights, straight through ``scaled_dot_product_attention``: the
+    same numbers without ``MultiheadAttention``'s general-purpose checks, which cost more
+    than the attention itself at re-ranking sizes."""
+    width, heads = query.shape[-1], layer.num_heads
+    weight, bias = layer.in_proj_weight, layer.in_proj_bias
+    q = nn.functional.linear(query, weight[:width], bias[:width])
+    k, v = nn.functional.linear(memory, weight[width:], bias[width:]).chunk(2, dim=-1)
+    q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
+    mask = None if valid is None else valid[:, None, None, :]
+    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return layer.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class CrossMatcher(nn.Module):
@@ -96,11 +119,15 @@ class CrossMatcher(nn.Module):
         self, text: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor, cosine: torch.Tensor
     ) -> torch.Tensor:
         """The match logit from already encoded item tokens (``memory``, (n, T, width)): what a
-        cache of per-item features keeps, since it does not depend on the query."""
+        cache of per-item features keeps, since it does not depend on the query. ``text`` and
+        ``valid`` may have one row for all n items: what depends on the text alone (its input
+        layer and first self-attention) then runs once, not n times."""
+        n = len(memory)
         x = self.text_in(text)
-        for block in self.blocks:
-            x = block(x, ~valid, memory)
-        weights = valid.float().unsqueeze(-1)
+        for block in cast("list[CrossBlock]", self.blocks):
+            x = block.attend_self(x, valid.expand(len(x), -1))
+            x = block.attend_item(x.expand(n, -1, -1), memory)
+        weights = valid.expand(n, -1).float().unsqueeze(-1)
         pooled = (self.norm(x) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return self.head(torch.cat([pooled, cosine.unsqueeze(-1)], dim=1)).squeeze(-1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from mmsearch.errors import UserInputError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DEPTH = 50
 MAX_DEPTH = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def query_of(terms: Sequence[Term]) -> Query:
@@ -39,15 +41,31 @@ def check(depth: int, min_prob: float | None) -> None:
         raise UserInputError(f"min_prob must be between 0 and 1, not {min_prob}")
 
 
+def candidate_of(hit: SearchResult) -> Candidate:
+    """The hit as a re-ranker sees it, with the catalog's content hash, size and mtime."""
+    row = hit.metadata
+    mtime, size = row.get("mtime"), row.get("size")
+    stamp = None
+    if isinstance(mtime, datetime) and size is not None:  # else the cache hashes the file for its key
+        aware = mtime if mtime.tzinfo is not None else mtime.replace(tzinfo=timezone.utc)
+        stamp = (int(size), (aware - EPOCH) // timedelta(microseconds=1))
+    return Candidate(
+        hit.id,
+        hit.path,
+        hit.modality,
+        row.get("text"),
+        float(row.get("offset_s") or 0.0),
+        row.get("content_hash"),
+        stamp,
+    )
+
+
 def rerank(
     reranker: Reranker, query: Query, hits: Sequence[SearchResult], k: int, min_prob: float | None = None
 ) -> list[SearchResult]:
     """``hits`` re-ordered by match probability (set as ``match_prob``), filtered and cut to ``k``."""
-    candidates = [
-        Candidate(hit.id, hit.path, hit.modality, hit.metadata.get("text"), float(hit.metadata.get("offset_s") or 0.0))
-        for hit in hits
-    ]
+    candidates = [candidate_of(hit) for hit in hits]
     probs = reranker.match_probs(query, candidates)
     order = sorted(range(len(hits)), key=lambda i: -probs[i])  # stable: ties keep the vector order
-    kept = [replace(hits[i], match_prob=float(probs[i])) for i in order if min_prob is None or probs[i] >= min_prob]
-    return kept[:k]
+    kept = [i for i in order if min_prob is None or probs[i] >= min_prob][:k]
+    return [replace(hits[i], match_prob=float(probs[i])) for i in kept]
