@@ -44,10 +44,9 @@ def _search_shard(shard: Shard, queries: np.ndarray, k: int, rows: RowFilter | N
     if rows.share >= OVERFETCH_SHARE:
         scores, found = shard.search(queries, math.ceil(k / rows.share) + OVERFETCH_MARGIN)
         keep = (found >= 0) & rows.mask[np.maximum(found, 0)]
-        if (keep.sum(axis=1) >= min(k, rows.allowed)).all():
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed first, in score order
-            scores, found = np.take_along_axis(scores, order, 1), np.take_along_axis(found, order, 1)
-            return _found(shard, scores, np.where(np.take_along_axis(keep, order, 1), found, -1))
+        if (keep.sum(axis=1) >= k).all():  # more than k rows are allowed (else scored exactly above)
+            first = keep & (np.cumsum(keep, axis=1) <= k)  # each query's first k allowed, in score order
+            return _found(shard, scores[first].reshape(len(queries), k), found[first].reshape(len(queries), k))
     widen = 1.0 if exact else min(1.0 / rows.share, MAX_WIDEN)
     return _found(shard, *shard.search(queries, k, rows.selector, widen))
 
