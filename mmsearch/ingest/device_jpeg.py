@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +100,7 @@ def _decoded(jpegs: list[DeferredJpeg], device: str) -> list[Any]:
     try:
         decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:  # one odd file fails the whole batch: decode one by one, then Pillow
-        decoded = [_one(d, device, decode_jpeg, ImageReadMode.RGB) for d in data]
+        decoded = [_one(d, device) for d in data]
     for i, image in zip(readable, decoded):
         images[i] = image
     return images
@@ -115,16 +115,17 @@ def _read(path: str) -> Any:
         return f"could not read the file again: {exc.strerror or exc}"
 
 
-def _one(data: Any, device: str, decode: Callable, mode: Any) -> Any:
+def _one(data: Any, device: str) -> Any:
     """One JPEG ``(3, h, w)`` on the device, decoded there or else by Pillow; or why neither could."""
     import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
-        return decode(data, mode=mode, device=device)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         pass
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        with Image.open(io.BytesIO(data.numpy())) as image:
             pixels = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"not a readable image file ({str(exc).splitlines()[0][:200]})"
