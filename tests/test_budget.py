@@ -94,6 +94,11 @@ def test_cli_index_records_a_budget_the_shards_honour(tmp_path: Path, photos: Pa
     again = run_cli("index", str(photos), "--index", str(index), "--max-memory", "1K")
     assert again.returncode != 0 and "compact --max-memory" in again.stderr
 
+    for hostile in ("0", "-5"):
+        refused = run_cli("compact", "--index", str(index), "--shard-size", hostile)
+        assert refused.returncode != 0 and "shard size must be at least 1" in refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
     compacted = run_cli("compact", "--index", str(index), "--max-memory", "1.2K", "--shard-size", "5", "--json")
     assert compacted.returncode == 0, compacted.stderr
     info = json.loads(run_cli("info", "--index", str(index), "--json").stdout)
