@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -73,6 +74,42 @@ class DecodeOptions:
         settings = asdict(self)
         del settings["jpeg_on_device"]
         return json.dumps(settings, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Which share of a file one decode job takes.
+
+    A large file is decoded, embedded and committed in parts: memory stays bounded, the
+    workers share one long film, and a crash loses only the parts in flight. A decoder
+    cuts its file on a grid of units (passages, rows, audio windows, sampling marks), so a
+    part may hold fewer units than planned or none; ``used`` says how many parts really
+    hold something (recorded with the rows, so an empty part is not awaited on a rerun).
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def used(self, units: int) -> int:
+        """Parts that hold at least one of ``units`` grid units."""
+        return max(1, min(self.count, units))
+
+    def units(self, units: int) -> range:
+        """This part's grid units out of ``units``: contiguous, in order, empty past ``used``."""
+        used = self.used(units)
+        if self.index >= used:
+            return range(0)
+        return range(units * self.index // used, units * (self.index + 1) // used)
+
+    def span(self, total: float, step: float) -> tuple[float, float]:
+        """This part's [start, end) of ``total`` seconds cut on a grid of ``step`` seconds
+        (the last part runs to infinity, so nothing past a rounded duration is lost)."""
+        units = max(1, math.ceil(total / step))
+        taken = self.units(units)
+        if not taken:
+            return (0.0, 0.0)
+        end = math.inf if taken.stop == units else taken.stop * step
+        return (taken.start * step, end)
 
 
 @dataclass
