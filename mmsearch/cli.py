@@ -986,13 +986,13 @@ def fit_audio(
 def _read_captions(path: Path, text_column: str | None) -> list[str]:
     """Captions from a text file (one per line) or a caption table (CSV/JSONL/Parquet)."""
     from mmsearch.errors import one_line
-    from mmsearch.ingest.decode import DecodeError, DecodeOptions, decode_table
+    from mmsearch.ingest.decode import WHOLE, DecodeError, DecodeOptions, decode_table
 
     if not path.is_file():
         raise UserInputError(f"captions file not found: {path}")
     if path.suffix.lower() in (".csv", ".jsonl", ".parquet"):
         try:
-            _, pieces = decode_table(path.read_bytes(), str(path), DecodeOptions(text_column=text_column))
+            _, pieces = decode_table(path.read_bytes(), str(path), DecodeOptions(text_column=text_column), WHOLE)
         except (DecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise UserInputError(f"cannot read captions from {path}: {one_line(exc)}") from None
         return [str(piece.payload) for piece in pieces]

@@ -51,13 +51,21 @@ def ingest(folder: Path, encoder, on_device: bool) -> tuple[dict[str, tuple[np.n
     """name -> (vector, payload type) for embedded files, name -> reason for failures."""
     got: dict[str, tuple[np.ndarray, str]] = {}
 
-    def sink(vectors: np.ndarray, batch: list) -> None:
-        for vector, (decoded, piece) in zip(vectors, batch):
-            got[Path(decoded.path).name] = (vector, type(piece.payload).__name__)
+    class Collect:
+        def expect(self, decoded) -> None:
+            pass
+
+        def drop(self, decoded, pieces: int) -> None:
+            pass
+
+        def __call__(self, vectors: np.ndarray, batch: list) -> None:
+            for vector, (decoded, piece) in zip(vectors, batch):
+                got[Path(decoded.path).name] = (vector, type(piece.payload).__name__)
 
     options = replace(DecodeOptions(image_size=encoder.image_spec().size), jpeg_on_device=on_device)
-    result = pipeline.run(sorted(walk([str(folder)]), key=lambda f: f.path), encoder, sink, options, workers=0)
-    assert result.embedded_files == len(got)
+    planned = pipeline.jobs(sorted(walk([str(folder)]), key=lambda f: f.path), {})
+    result = pipeline.run(planned, encoder, Collect(), options, workers=0)
+    assert len(result.embedded) == len(got)
     return got, {Path(d.path).name: d.error for d in result.failures}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from mmsearch.models.base import Encoder
 from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
+
+CHECKPOINT_S = 120.0
 
 
 @dataclass
@@ -72,6 +74,8 @@ class AddOptions:
     exclude: Sequence[str] = ()
     url_column: str | None = None
     video_every: float | None = None  # seconds between sampled frames (default: DecodeOptions')
+    part_size: int | None = None  # bytes above which a file is cut into parts (default: per type, see pipeline)
+    checkpoint_s: float = CHECKPOINT_S  # the most embedding time a crash may lose (a commit at least this often)
 
     def __post_init__(self) -> None:
         """Checked here, so every path that adds (local, Ray) refuses the same bad options."""
@@ -79,6 +83,10 @@ class AddOptions:
             raise UserInputError("workers must be 0 (decode in-process) or more")
         if self.video_every is not None and not self.video_every > 0:
             raise UserInputError(f"video_every must be a positive number of seconds, not {self.video_every}")
+        if self.part_size is not None and self.part_size < 1:
+            raise UserInputError(f"the part size must be a positive number of bytes, not {self.part_size}")
+        if not self.checkpoint_s >= 0:
+            raise UserInputError(f"the checkpoint interval must be 0 seconds or more, not {self.checkpoint_s}")
 
 
 @dataclass
@@ -108,13 +116,15 @@ def add_files(
         result = pipeline.IngestResult()
         if plan.embed:
             encoder = prepared.encoder or _loaded(load_encoder, summary, writer.manifest)
-            sink = _Sink(writer, {f.path: f for f in plan.embed}, plan.replaces)
-            result = pipeline.run(plan.embed, encoder, sink, decoding, options.workers, options.progress)
+            todo = {path: (resume.parts, resume.todo) for path, resume in plan.resume.items()}
+            planned = pipeline.jobs(plan.embed, todo, options.part_size)
+            sink = _Sink(writer, {f.path: f for f in plan.embed}, plan.replaces, planned, options.checkpoint_s)
+            result = pipeline.run(planned, encoder, sink, decoding, options.workers, options.progress)
         summary.seconds |= result.times.as_dict()
-        summary.failed = [(d.path, d.error or "") for d in result.failures]
+        summary.failed = list({d.path: (d.path, d.error or "") for d in reversed(result.failures)}.values())[::-1]
         summary.seconds["write"] += finish(writer, prepared, summary)
 
-    summary.embedded = result.embedded_files
+    summary.embedded = len(result.embedded)
     summary.vectors = result.vectors
     summary.seconds["total"] = round(time.perf_counter() - started, 3)
     return summary
@@ -138,7 +148,10 @@ def prepare(
         encoder = _loaded(load_encoder, summary, manifest)
     decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column, options.video_every)
     stored = Snapshot(writer.dir, manifest, None)
-    known = stored.catalog.table("SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces FROM items")
+    known = stored.catalog.table(
+        "SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces,"
+        " coalesce(part, 0) AS part, coalesce(parts, 1) AS parts FROM items"
+    )
     old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
     unreadable: list[str] = []
     if listed:
@@ -214,16 +227,52 @@ def reuse(writer: ShardWriter, stored: Snapshot, reuses: list, replaces: dict[st
 
 
 class _Sink:
-    """Receives embedded batches; each file's rows form one visibility group.
+    """Receives decoded jobs and embedded batches, and decides what becomes visible together.
 
-    A file's pieces may arrive in several batches and, for a video, out of order (its
-    frames are batched with images, its soundtrack with audio), so the group is complete
-    once as many rows as the file has pieces have arrived, whichever piece came last.
+    A part of a new file is a visibility group of its own, so a long file is committed
+    part by part as checkpoints come. A file that replaces rows (a changed file, or one
+    whose cut-short part is redone) is one group over all its parts: its old version stays
+    visible until the new one is whole. A group is complete once every job of its file was
+    decoded and every piece it announced has arrived (a video's frames and sound arrive in
+    different batches, in any order). At least every ``checkpoint_s`` seconds the writer
+    commits what is complete.
     """
 
-    def __init__(self, writer: ShardWriter, files: dict[str, FoundFile], replaces: dict[str, list[int]]) -> None:
-        self.writer, self.files, self.replaces = writer, files, replaces
-        self.missing: dict[str, int] = {}
+    def __init__(
+        self,
+        writer: ShardWriter,
+        files: dict[str, FoundFile],
+        replaces: dict[str, list[int]],
+        planned: Sequence[pipeline.Job],
+        checkpoint_s: float,
+    ) -> None:
+        self.writer, self.files, self.replaces, self.checkpoint_s = writer, files, replaces, checkpoint_s
+        self.undecoded = Counter(job.file.path for job in planned)
+        self.outstanding: Counter[Hashable] = Counter()
+        self.whole = set(replaces)  # files whose parts become visible together
+
+    def _group(self, decoded: Decoded) -> Hashable:
+        return decoded.path if decoded.path in self.whole else (decoded.path, decoded.part)
+
+    def _complete(self, group: Hashable, path: str) -> bool:
+        return self.outstanding[group] == 0 and (group != path or self.undecoded[path] == 0)
+
+    def expect(self, decoded: Decoded) -> None:
+        self.undecoded[decoded.path] -= 1
+        group = self._group(decoded)
+        self.outstanding[group] += len(decoded.pieces)
+        if decoded.path in self.whole and self._complete(group, decoded.path):
+            self._close(group, decoded.path)  # the file's last job brought nothing (it failed, or an empty part)
+
+    def drop(self, decoded: Decoded, pieces: int) -> None:
+        group = self._group(decoded)
+        self.outstanding[group] -= pieces
+        if self._complete(group, decoded.path):
+            self._close(group, decoded.path)
+
+    def _close(self, group: Hashable, path: str) -> None:
+        replaced = self.replaces.pop(path, ())
+        self.writer.append(np.empty((0, self.writer.manifest.dim), np.float32), [], replaced, group=group)
 
     def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
         ids = self.writer.next_ids(len(pieces))
@@ -233,14 +282,14 @@ class _Sink:
             decoded = pieces[end - 1][0]
             if end < len(pieces) and pieces[end][0] is decoded:
                 continue
-            missing = self.missing.pop(decoded.path, len(decoded.pieces)) - (end - start)
-            last = missing == 0
-            if not last:
-                self.missing[decoded.path] = missing
+            group = self._group(decoded)
+            self.outstanding[group] -= end - start
+            last = self._complete(group, decoded.path)
             replaced = self.replaces.pop(decoded.path, ()) if last else ()
             file_rows = rows.slice(start, end - start)
-            self.writer.append(vectors[start:end], file_rows, replaced, group=decoded.path, last=last)
+            self.writer.append(vectors[start:end], file_rows, replaced, group=group, last=last)
             start = end
+        self.writer.checkpoint(self.checkpoint_s)
 
 
 def _file_fields(file: FoundFile) -> dict:
@@ -252,6 +301,8 @@ def item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> d
         "id": item_id,
         "content_hash": decoded.content_hash,
         "pieces": len(decoded.pieces),
+        "part": decoded.part,
+        "parts": decoded.parts,
         **_file_fields(file),
         **decoded.meta,
         **piece.meta,

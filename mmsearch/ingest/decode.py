@@ -112,6 +112,9 @@ class Part:
         return (taken.start * step, end)
 
 
+WHOLE = Part()
+
+
 @dataclass
 class Piece:
     """One future vector: the model input and its own metadata (e.g. an offset).
@@ -135,23 +138,29 @@ class Decoded:
     meta: dict = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    part: int = 0  # which part of the file this is (see ``Part``)
+    parts: int = 1  # parts the file is cut into
 
 
-def decode(path: str, decoder: str, options: DecodeOptions) -> Decoded:
-    """Read (a local path or a URL, see ``sources``), hash and decode a file with the named
-    decoder; never raises for a bad file."""
+def decode(
+    path: str, decoder: str, options: DecodeOptions, part: Part = WHOLE, content_hash: str | None = None
+) -> Decoded:
+    """Read (a local path or a URL, see ``sources``), hash and decode ``part`` of a file with
+    the named decoder; never raises for a bad file. ``content_hash``, when the caller has it
+    (the parts of one file share it), spares hashing the file again."""
     started = time.perf_counter()
-    result = Decoded(path, decoder)
+    result = Decoded(path, decoder, part=part.index, parts=part.count)
     notes: list[str] = []
     try:
-        if decoder in OPENED_BY_PATH:  # a film is read by its demuxer, never whole into memory
-            data, result.content_hash = b"", file_digest(path)
+        if decoder in OPENED_BY_PATH or (part.count > 1 and decoder in SEEKABLE):  # never read whole
+            data, result.content_hash = b"", content_hash or file_digest(path)
         else:
             data = read_bytes(path)
-            result.content_hash = hashlib.sha256(data).hexdigest()
+            result.content_hash = content_hash or hashlib.sha256(data).hexdigest()
         with _quiet(notes):
-            result.meta, result.pieces = DECODERS[decoder](data, path, options)
-        if not result.pieces:
+            result.meta, result.pieces = DECODERS[decoder](data, path, options, part)
+        result.parts = result.meta.pop("parts", part.count)
+        if not result.pieces and part.count == 1:  # a part of a file may hold nothing
             raise DecodeError("nothing to index (empty file)")
     except (DecodeError, FetchError) as exc:
         result.error = str(exc)
@@ -242,7 +251,7 @@ def _not_readable(kind: str, data: bytes) -> str:
 # -- images ---------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
+def decode_image(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
     """One square crop, EXIF orientation applied, never decoding more than ``max_pixels``."""
     if path.lower().endswith(RAW_EXTENSIONS):
         meta, image = _raw_image(data, path, options)
@@ -430,17 +439,19 @@ def passages(text: str, max_chars: int) -> list[tuple[int, str]]:
     return chunks
 
 
-def decode_text(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
-    """Plain text or Markdown: one piece per passage, with its character offset."""
+def decode_text(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
+    """Plain text or Markdown: one piece per passage (of ``part``'s share), with its character offset."""
     text = _utf8(data)
     fmt = "markdown" if path.lower().endswith((".md", ".markdown")) else "text"
+    chunks = passages(text, options.passage_chars)
+    taken = part.units(len(chunks))
     pieces = [
-        Piece(chunk, {"text": chunk, "char_offset": offset}) for offset, chunk in passages(text, options.passage_chars)
+        Piece(chunk, {"text": chunk, "char_offset": offset}) for offset, chunk in chunks[taken.start : taken.stop]
     ]
-    return {"format": fmt}, pieces
+    return {"format": fmt, "parts": part.used(len(chunks))}, pieces
 
 
-def _table_rows(data: bytes, path: str) -> list[dict]:
+def _table(data: bytes, path: str):
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
@@ -449,63 +460,103 @@ def _table_rows(data: bytes, path: str) -> list[dict]:
     lower = path.lower()
     source = pa.BufferReader(data)
     if lower.endswith(".csv"):
-        return pcsv.read_csv(source).to_pylist()
+        return pcsv.read_csv(source)
     if lower.endswith(".parquet"):
-        return pq.read_table(source).to_pylist()
-    return pjson.read_json(source).to_pylist()
+        return pq.read_table(source)
+    return pjson.read_json(source)
 
 
-def decode_table(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
-    """A caption/document table: one piece per row of the text column; the id column
-    becomes ``source_id`` and the other columns are kept as JSON in ``extra``."""
-    rows = _table_rows(data, path)
-    columns = list(rows[0]) if rows else []
+def decode_table(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
+    """A caption/document table: one piece per row with text (of ``part``'s share); the id
+    column becomes ``source_id`` and the other columns are kept as JSON in ``extra``.
+
+    Rows become Python objects only for the part's share, so a million-row table costs
+    a part its Arrow columns, not a million dicts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _table(data, path)
+    columns = table.column_names
     column = options.text_column or next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
     if column not in columns:
         raise DecodeError(f"no text column {column or ''!r} (columns: {', '.join(columns)}); pass --text-column")
     if options.id_column and options.id_column not in columns:
         raise DecodeError(f"no id column {options.id_column!r} (columns: {', '.join(columns)})")
+    texts = pc.utf8_trim_whitespace(pc.cast(table.column(column), pa.string()))
+    numbers = pc.indices_nonzero(pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)).to_numpy()
+    used, taken = part.used(len(numbers)), part.units(len(numbers))
+    share = numbers[taken.start : taken.stop]
     pieces = []
-    for number, row in enumerate(rows):
-        text = row.get(column)
-        if text is None or not str(text).strip():
-            continue
+    for number, row in zip(share.tolist(), table.take(pa.array(share, pa.int64())).to_pylist()):
+        text = row[column]
         extra = {k: v for k, v in row.items() if k not in (column, options.id_column)}
         meta = {"text": str(text), "row": number, "extra": json.dumps(extra, default=str)}
         if options.id_column:
             meta["source_id"] = str(row[options.id_column])
         pieces.append(Piece(str(text), meta))
-    return {"format": os.path.splitext(path)[1].lstrip(".").lower()}, pieces
+    return {"format": os.path.splitext(path)[1].lstrip(".").lower(), "parts": used}, pieces
 
 
 # -- audio ----------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
-    """Mono, resampled to the model's rate, cut into fixed windows (the last one padded)."""
+def decode_audio(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
+    """Mono, resampled to the model's rate, cut into fixed windows (the last one padded).
+
+    A part reads only the source frames of its windows (a seek, then one read), so a
+    three-hour recording never sits in memory whole; ``data`` is empty when the file
+    is to be opened by path."""
     import soundfile
 
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as sound:
-            samples, rate, fmt = sound.read(dtype="float32", always_2d=True), sound.samplerate, sound.format
+        with soundfile.SoundFile(io.BytesIO(data) if data else path) as sound:
+            rate, fmt = sound.samplerate, sound.format
+            window = round(options.window_s * options.sample_rate)
+            units = window_count(math.ceil(sound.frames * options.sample_rate / rate), window)
+            taken = part.units(units)
+            first = round(taken.start * options.window_s * rate)
+            last = sound.frames if taken.stop == units else round(taken.stop * options.window_s * rate)
+            if taken:
+                sound.seek(first)
+            samples = sound.read(max(0, last - first) if taken else 0, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as exc:
-        raise DecodeError(f"{_not_readable('audio', data)}: {exc.error_string}") from None
+        head = data or _head(path)
+        raise DecodeError(f"{_not_readable('audio', head)}: {exc.error_string}") from None
     wave = resample(samples.mean(axis=1), rate, options.sample_rate)
-    return {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower())}, windows(wave, options)
+    meta = {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower()), "parts": part.used(units)}
+    return meta, windows(wave, options, start_s=taken.start * options.window_s, count=len(taken)) if taken else []
 
 
-def windows(wave: np.ndarray, options: DecodeOptions) -> list[Piece]:
-    """Fixed windows of a mono wave at the model's rate, with their offsets (the last one padded)."""
+def _head(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(HEAD_BYTES)
+
+
+def window_count(samples: int, window: int) -> int:
+    """How many windows of ``window`` samples cut a wave of ``samples``: a sliver at the end
+    (under a quarter window) adds noise, not content, unless it is all there is."""
+    count = max(1, math.ceil(samples / window))
+    if count > 1 and samples - (count - 1) * window < window // 4:
+        count -= 1
+    return count
+
+
+def windows(wave: np.ndarray, options: DecodeOptions, start_s: float = 0.0, count: int | None = None) -> list[Piece]:
+    """Fixed windows of a mono wave at the model's rate, with their offsets (the last one
+    padded); the wave starts ``start_s`` into its file and holds ``count`` windows (by
+    default as many as :func:`window_count` gives)."""
     window = round(options.window_s * options.sample_rate)
+    count = window_count(len(wave), window) if count is None else count
     pieces = []
-    for start in range(0, max(len(wave), 1), window):
-        chunk = wave[start : start + window]
-        if start and len(chunk) < window // 4:
-            break  # a sliver at the end adds noise, not content
+    for number in range(count):
+        chunk = wave[number * window : (number + 1) * window]
         padded = np.zeros(window, dtype=np.float32)
         padded[: len(chunk)] = chunk
-        seconds = len(chunk) / options.sample_rate
-        pieces.append(Piece(padded, {"offset_s": start / options.sample_rate, "duration_s": seconds}))
+        meta = {
+            "offset_s": start_s + number * window / options.sample_rate,
+            "duration_s": len(chunk) / options.sample_rate,
+        }
+        pieces.append(Piece(padded, meta))
     return pieces
 
 
@@ -521,7 +572,7 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 # -- video ----------------------------------------------------------------------------
 
 
-def decode_video(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, list[Piece]]:
+def decode_video(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
     """Sampled frames and soundtrack windows (PyAV, imported only when a video comes)."""
     from mmsearch.ingest import video
 
@@ -529,7 +580,8 @@ def decode_video(data: bytes, path: str, options: DecodeOptions) -> tuple[dict, 
 
 
 OPENED_BY_PATH = frozenset({"video"})
-DECODERS: dict[str, Callable[[bytes, str, DecodeOptions], tuple[dict, list[Piece]]]] = {
+SEEKABLE = frozenset({"audio"})  # a part of such a file is read by path, from its share's offset
+DECODERS: dict[str, Callable[[bytes, str, DecodeOptions, Part], tuple[dict, list[Piece]]]] = {
     "image": decode_image,
     "text": decode_text,
     "table": decode_table,

@@ -16,20 +16,61 @@ import sys
 import time
 import types
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from mmsearch.hashing import file_digest
 from mmsearch.ingest import device_jpeg
-from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece, decode
+from mmsearch.ingest.decode import WHOLE, Decoded, DecodeOptions, Part, Piece, decode
 from mmsearch.ingest.discover import ENCODED_AS, MODALITY_OF_DECODER, FoundFile
 from mmsearch.models.base import Encoder
 
-INLINE_BELOW = 32  # fewer files than this are decoded in-process: worker start-up costs more
-Sink = Callable[[np.ndarray, list[tuple[Decoded, Piece]]], None]
+INLINE_BELOW = 32  # fewer jobs than this are decoded in-process: worker start-up costs more
+MiB = 1 << 20
+PART_BYTES = {"text": 4 * MiB, "table": 16 * MiB, "audio": 64 * MiB, "video": 128 * MiB}  # larger files are split
+
+
+class Sink(Protocol):
+    """Where decoded files and embedded pieces go (the index writer's side of the pipeline)."""
+
+    def expect(self, decoded: Decoded) -> None:
+        """A job was decoded (or failed): its pieces follow in later calls."""
+
+    def drop(self, decoded: Decoded, pieces: int) -> None:
+        """``pieces`` of a decoded job will not come after all (they failed on the device)."""
+
+    def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
+        """Embedded pieces, in encoder batches, with the vectors in the same order."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One decode job: a whole file, or one part of a large one (see ``decode.Part``)."""
+
+    file: FoundFile
+    part: Part = WHOLE
+
+
+def jobs(
+    files: Sequence[FoundFile], todo: dict[str, tuple[int, list[int]]], part_bytes: int | None = None
+) -> list[Job]:
+    """The decode jobs for ``files``: a large local file (over ``part_bytes``, by default
+    ``PART_BYTES`` of its type) is cut into parts; ``todo`` gives, for a file resuming,
+    its parts and those still missing."""
+    planned = []
+    for file in files:
+        if file.path in todo:
+            count, missing = todo[file.path]
+        else:
+            limit = part_bytes or PART_BYTES.get(file.decoder)
+            count = max(1, -(-file.size // limit)) if limit else 1
+            missing = list(range(count))
+        planned.extend(Job(file, Part(index, count)) for index in missing)
+    return planned
 
 
 @dataclass
@@ -46,7 +87,9 @@ class StageTimes:
 
 @dataclass
 class IngestResult:
-    embedded_files: int = 0
+    """What a run did: the files with at least one part embedded, vectors, failed jobs, stage times."""
+
+    embedded: set[str] = field(default_factory=set)
     vectors: int = 0
     failures: list[Decoded] = field(default_factory=list)
     times: StageTimes = field(default_factory=StageTimes)
@@ -86,17 +129,33 @@ def default_workers(n_files: int) -> int:
     return max(1, min(32, os.cpu_count() or 1))
 
 
-def _decoded(files: Sequence[FoundFile], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
-    jobs = [(f.path, f.decoder) for f in files]
+def _decoded(jobs: Sequence[Job], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
     work = partial(_decode_job, options=options)
     if workers == 0:
-        yield from map(work, jobs)
+        yield from map(work, _hashed(jobs))
         return
     context = multiprocessing.get_context("spawn")
     with _main_script_hidden():
         pool = context.Pool(workers)
     with pool:
-        yield from pool.imap(work, jobs, chunksize=4)
+        split = any(job.part.count > 1 for job in jobs)  # parts of one file are spread over the workers
+        yield from pool.imap(work, _hashed(jobs), chunksize=1 if split else 4)
+
+
+def _hashed(jobs: Sequence[Job]) -> Iterator[tuple[str, str, Part, str | None]]:
+    """Work items; the parts of a file carry its content hash, computed once here (with a
+    pool, in its task-feeding thread while workers decode) rather than by every part."""
+    digest: tuple[str, str | None] | None = None
+    for job in jobs:
+        content_hash = None
+        if job.part.count > 1:
+            if digest is None or digest[0] != job.file.path:
+                try:
+                    digest = (job.file.path, file_digest(job.file.path))
+                except OSError:  # each part's own read records why
+                    digest = (job.file.path, None)
+            content_hash = digest[1]
+        yield (job.file.path, job.file.decoder, job.part, content_hash)
 
 
 @contextlib.contextmanager
@@ -133,7 +192,7 @@ def _main_script_hidden() -> Iterator[None]:
 
 
 def _device_crops(
-    batch: list[tuple[Decoded, Piece]], encoder: Encoder, result: IngestResult
+    batch: list[tuple[Decoded, Piece]], encoder: Encoder, result: IngestResult, sink: Sink
 ) -> tuple[list[tuple[Decoded, Piece]], Any]:
     """Decode a batch's deferred JPEGs on the encoder's device; files that cannot be decoded
     there or by Pillow leave the batch as failures (a photo is one piece, so nothing else of
@@ -143,26 +202,30 @@ def _device_crops(
         decoded = batch[position][0]
         decoded.error, decoded.pieces = reason, []
         result.failures.append(decoded)
-        result.embedded_files -= 1
+        result.embedded.discard(decoded.path)
+        sink.drop(decoded, 1)
     keep = [i for i in range(len(batch)) if i not in failed]
     if failed:
         crops = crops[keep]
     return [batch[i] for i in keep], crops
 
 
-def _decode_job(job: tuple[str, str], options: DecodeOptions) -> Decoded:
-    return decode(job[0], job[1], options)
+def _decode_job(job: tuple[str, str, Part, str | None], options: DecodeOptions) -> Decoded:
+    path, decoder, part, content_hash = job
+    return decode(path, decoder, options, part, content_hash)
 
 
 def run(
-    files: Sequence[FoundFile],
+    planned: Sequence[Job],
     encoder: Encoder,
     sink: Sink,
     options: DecodeOptions,
     workers: int | None = None,
     progress: bool = False,
 ) -> IngestResult:
-    """Decode, embed and deliver ``files`` to ``sink`` in encoder-sized batches per modality."""
+    """Decode, embed and deliver the ``planned`` jobs to ``sink`` in encoder-sized batches per
+    modality. The progress bar counts files, or parts when some file is cut into parts; its
+    ``vectors`` count moves with every batch, so a single huge file shows progress too."""
     from tqdm import tqdm
 
     result = IngestResult()
@@ -174,7 +237,7 @@ def run(
             return
         started = time.perf_counter()
         if modality == "image" and options.jpeg_on_device:
-            batch, crops = _device_crops(batch, encoder, result)
+            batch, crops = _device_crops(batch, encoder, result, sink)
             result.times.decode += time.perf_counter() - started
             started = time.perf_counter()
             if not batch:
@@ -188,18 +251,20 @@ def run(
         result.times.write += time.perf_counter() - encoded
         result.vectors += len(batch)
 
-    workers = default_workers(len(files)) if workers is None else workers
+    workers = default_workers(len(planned)) if workers is None else workers
     if "image" in encoder.modalities and encoder.crops_on_device and device_jpeg.available(encoder.device):
         options = replace(options, jpeg_on_device=True)
-    bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    unit = "part" if any(job.part.count > 1 for job in planned) else "file"
+    bar = tqdm(total=len(planned), unit=unit, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar, _encoder_threads(workers):
-        for decoded in _decoded(files, options, workers):
+        for decoded in _decoded(planned, options, workers):
             result.times.decode += decoded.seconds
+            sink.expect(decoded)
             if decoded.error is not None:
                 result.failures.append(decoded)
                 bar.update(1)
                 continue
-            result.embedded_files += 1
+            result.embedded.add(decoded.path)
             own = MODALITY_OF_DECODER[decoded.decoder]
             for piece in decoded.pieces:
                 modality = piece.modality or own

@@ -30,11 +30,23 @@ class Reuse:
     source_ids: list[int]
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A file cut short in parts: ``todo`` of its ``parts`` are still missing; ``rows`` are
+    the ids of all its live rows (what a path that cannot resume part by part replaces)."""
+
+    parts: int
+    todo: list[int]
+    rows: list[int]
+
+
 @dataclass
 class Plan:
-    """What an ``add`` must do; ``replaces`` maps a path to ids its new rows supersede."""
+    """What an ``add`` must do; ``replaces`` maps a path to ids its new rows supersede;
+    ``resume`` names files of ``embed`` whose completed parts stay and are not embedded again."""
 
     embed: list[FoundFile] = field(default_factory=list)
+    resume: dict[str, Resume] = field(default_factory=dict)
     reuse: list[Reuse] = field(default_factory=list)
     replaces: dict[str, list[int]] = field(default_factory=dict)
     gone: list[int] = field(default_factory=list)
@@ -60,8 +72,10 @@ def make_plan(
 ) -> Plan:
     """Plan an add of ``found`` (everything under ``roots``) with decode ``options``.
 
-    ``known``: live rows with columns path, id, size, mtime_us, content_hash, pieces;
-    a file with fewer live rows than pieces was cut short by a crash and is redone.
+    ``known``: live rows with columns path, id, size, mtime_us, content_hash, part, parts, pieces
+    (``pieces``: rows of that part); a file is complete when each of its parts has all its
+    rows. An unchanged file cut short by a crash resumes: only its missing parts are embedded
+    (the rows of a part cut short, from before parts were committed one by one, are replaced).
     ``unreadable``: folders the walk could not list; their items are not "gone".
     ``failures``: earlier failure rows with path, size, mtime_us, options (plus the rest);
     a failed file is retried once it changes or the decode options do.
@@ -71,8 +85,14 @@ def make_plan(
     so only new or changed files (and the rows they may reuse) reach Python objects.
     """
     files = list({f.path: f for f in found}.values())
-    per_path = known.group_by("path").aggregate(
-        [("id", "count"), ("size", "min"), ("mtime_us", "min"), ("pieces", "min")]
+    per_part = known.group_by(["path", "part"]).aggregate(
+        [("id", "count"), ("size", "min"), ("mtime_us", "min"), ("pieces", "min"), ("parts", "min")]
+    )
+    per_part = per_part.append_column(
+        "done", pc.cast(pc.equal(per_part["id_count"], pc.cast(per_part["pieces_min"], pa.int64())), pa.int64())
+    )
+    per_path = per_part.group_by("path").aggregate(
+        [("done", "sum"), ("parts_min", "min"), ("size_min", "min"), ("mtime_us_min", "min")]
     )
     looked_up = pa.table(
         {
@@ -82,12 +102,13 @@ def make_plan(
             "stamp_mtime": pa.array([mtime_us(f) for f in files], pa.int64()),
         }
     ).join(per_path, "path", join_type="left outer")
-    complete = pc.fill_null(pc.equal(looked_up["id_count"], pc.cast(looked_up["pieces_min"], pa.int64())), False)
+    complete = pc.fill_null(pc.equal(looked_up["done_sum"], pc.cast(looked_up["parts_min_min"], pa.int64())), False)
     same = pc.and_(
-        pc.equal(looked_up["size_min"], looked_up["stamp_size"]),
-        pc.equal(looked_up["mtime_us_min"], looked_up["stamp_mtime"]),
+        pc.equal(looked_up["size_min_min"], looked_up["stamp_size"]),
+        pc.equal(looked_up["mtime_us_min_min"], looked_up["stamp_mtime"]),
     )
     unchanged = pc.fill_null(pc.and_(complete, same), False).to_numpy(zero_copy_only=False)
+    same_stamp = set(looked_up.filter(pc.fill_null(same, False))["path"].to_pylist())
     changed = looked_up.filter(pa.array(~unchanged))
 
     plan = Plan(unchanged=int(unchanged.sum()))
@@ -97,6 +118,7 @@ def make_plan(
     changed_rows = known.filter(pc.is_in(known["path"], value_set=changed["path"]))
     for path, item_id in zip(changed_rows["path"].to_pylist(), changed_rows["id"].to_pylist()):
         stored_ids[path].append(item_id)
+    parts_of = _parts(per_part.filter(pc.is_in(per_part["path"], value_set=pa.array(sorted(same_stamp), pa.string()))))
     candidates: list[tuple[FoundFile, str | None]] = []
     for at in changed["at"].to_pylist():
         file = files[at]
@@ -105,11 +127,22 @@ def make_plan(
         if previous and (previous["size"], previous["mtime_us"], previous["options"]) == (*stamp, options):
             plan.known_failures.append(previous)
             continue
+        if file.path in parts_of:  # unchanged, cut short: only the missing parts
+            count, done = parts_of[file.path]
+            plan.resume[file.path] = Resume(count, [p for p in range(count) if p not in done], stored_ids[file.path])
+            plan.embed.append(file)
+            rows = changed_rows.filter(pc.equal(changed_rows["path"], file.path)).select(["id", "part"]).to_pylist()
+            stale = [row["id"] for row in rows if row["part"] not in done]
+            if stale:
+                plan.replaces[file.path] = stale
+            continue
         if file.path in stored_ids:
             plan.replaces[file.path] = stored_ids[file.path]
         hashable = file.size in sizes and file.size > 0  # 0: empty (never indexed), missing or remote
         candidates.append((file, file_digest(file.path) if hashable else None))
-    reusable = _complete_ids_by_hash(known, {h for _, h in candidates if h})
+    whole = pc.equal(per_path["done_sum"], pc.cast(per_path["parts_min_min"], pa.int64()))
+    complete_paths = per_path.filter(pc.fill_null(whole, False))["path"]
+    reusable = _complete_ids_by_hash(known, complete_paths, {h for _, h in candidates if h})
     for file, content_hash in candidates:
         if content_hash in reusable:
             plan.reuse.append(Reuse(file, content_hash, reusable[content_hash]))
@@ -131,16 +164,22 @@ def make_plan(
     return plan
 
 
-def _complete_ids_by_hash(known: pa.Table, hashes: set[str]) -> dict[str, list[int]]:
-    """Ids of fully indexed files with one of ``hashes``, keyed by content hash."""
+def _parts(per_part: pa.Table) -> dict[str, tuple[int, set[int]]]:
+    """path -> (its parts, those complete) for files with at least one complete part."""
+    found: dict[str, tuple[int, set[int]]] = {}
+    for row in per_part.select(["path", "part", "parts_min", "done"]).to_pylist():
+        if row["done"]:
+            found.setdefault(row["path"], (row["parts_min"], set()))[1].add(row["part"])
+    return found
+
+
+def _complete_ids_by_hash(known: pa.Table, complete_paths: pa.Array, hashes: set[str]) -> dict[str, list[int]]:
+    """Ids of fully indexed files (``complete_paths``) with one of ``hashes``, keyed by content hash."""
     if not hashes:
         return {}
     rows = known.filter(pc.is_in(known["content_hash"], value_set=pa.array(sorted(hashes), pa.string())))
-    by_path: dict[str, list[dict]] = defaultdict(list)
-    for row in rows.select(["path", "id", "content_hash", "pieces"]).to_pylist():
-        by_path[row["path"]].append(row)
-    return {
-        group[0]["content_hash"]: [row["id"] for row in group]
-        for group in by_path.values()
-        if len(group) == group[0]["pieces"]
-    }
+    rows = rows.filter(pc.is_in(rows["path"], value_set=complete_paths))
+    by_hash: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows.select(["path", "id", "content_hash"]).to_pylist():
+        by_hash[row["content_hash"]][row["path"]].append(row["id"])
+    return {content_hash: next(iter(paths.values())) for content_hash, paths in by_hash.items()}

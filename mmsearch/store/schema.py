@@ -17,7 +17,9 @@ ITEM_SCHEMA = pa.schema(
         ("modality", pa.string()),
         ("path", pa.string()),
         ("content_hash", pa.string()),
-        ("pieces", pa.int32()),  # vectors the file yields: fewer live rows means an interrupted add
+        ("pieces", pa.int32()),  # vectors the row's part of the file yields: fewer live rows means an interrupted add
+        ("part", pa.int32()),  # which part of its file the row comes from (large files are embedded in parts)
+        ("parts", pa.int32()),  # parts the file is cut into (null in rows from before parts: one)
         ("size", pa.int64()),
         ("mtime", pa.timestamp("us", tz="UTC")),
         ("format", pa.string()),

@@ -76,6 +76,7 @@ class ShardWriter:
         self._committed_names: set[str] = set()
         self._base_tombstones: set[int] | None = None
         self.expected_rows = 0  # rows the index will hold after this session, when known (compaction)
+        self._published_at = time.monotonic()
 
     def __enter__(self) -> ShardWriter:
         if self.dir.exists() and not self.dir.is_dir():
@@ -211,6 +212,13 @@ class ShardWriter:
         self._base_tombstones = set()
         return shards, dead
 
+    def checkpoint(self, every_s: float) -> None:
+        """Commit if complete groups wait to become visible and ``every_s`` seconds have
+        passed since the last commit: a long ingest loses at most that much work to a crash,
+        even while no shard fills (a long film, a slow model)."""
+        if self.checkpoints and self._closed_groups and time.monotonic() - self._published_at >= every_s:
+            self.commit()
+
     def commit(self) -> None:
         """Seal buffered rows into a segment and make every change visible atomically;
         then merge small segments if a size tier is full (committed again)."""
@@ -263,6 +271,7 @@ class ShardWriter:
         self._retire()
         manifest_io.commit(self.dir, self.manifest)
         self._committed_names = _named_files(self.manifest)
+        self._published_at = time.monotonic()
         self.sweep()
 
     def _seal(self, count: int) -> None:
