@@ -18,6 +18,7 @@ MODEL_ENV = "MMSEARCH_MODEL"
 CACHE_ENV = "MMSEARCH_CACHE"
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 OPEN_CLIP_URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps weights fetched by plain URL
+CHECKPOINT_S = 120.0  # an ingest commits what is finished at least this often: what a crash may cost
 
 
 def _xdg(variable: str, fallback: str) -> Path:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
+from mmsearch.config import CHECKPOINT_S
 from mmsearch.errors import (
     IndexFormatError,
     ModelMismatchError,
@@ -234,6 +235,8 @@ class Index:
         url_column: str | None = None,
         ray: str | None = None,
         video_every: float | None = None,
+        part_size: int | None = None,
+        checkpoint_s: float = CHECKPOINT_S,
     ) -> AddSummary:
         """Index every supported file under ``paths``: new and changed files are embedded,
         renamed/copied ones reuse stored vectors, deleted ones are removed.
@@ -251,8 +254,23 @@ class Index:
         With ``url_column``, ``paths`` are lists of files/URLs (a table column, or the lines
         of a ``.txt``). With ``ray`` (``auto``, ``local`` or a cluster address), decoding and
         embedding run as a Ray Data pipeline on that cluster (see ``mmsearch.distributed.ingest``).
+
+        Files over ``part_size`` bytes (default per type: text 4 MiB, tables 16 MiB, audio
+        64 MiB, video 128 MiB) are cut into parts, decoded in parallel and committed one by
+        one; whatever is finished is committed at least every ``checkpoint_s`` seconds, so an
+        interrupted run loses little and the next one embeds only what is missing.
         """
-        options = AddOptions(workers, progress, text_column, id_column, tuple(exclude), url_column, video_every)
+        options = AddOptions(
+            workers,
+            progress,
+            text_column,
+            id_column,
+            tuple(exclude),
+            url_column,
+            video_every,
+            part_size=part_size,
+            checkpoint_s=checkpoint_s,
+        )
         if ray is not None:
             from mmsearch.distributed.ingest import add_files_ray
 

@@ -153,6 +153,8 @@ def test_models_json(tmp_path: Path) -> None:
         (["query", "red", "--index", "a-file.txt"], "index path a-file.txt is a file"),
         (["index", "no-such-folder"], "path not found: no-such-folder"),
         (["index", ".", "--bogus"], "No such option: --bogus"),
+        (["index", ".", "--part-size", "big"], "invalid part size 'big'"),
+        (["index", ".", "--checkpoint-every", "-1"], "--checkpoint-every must be 0 seconds or more, not -1"),
         (["label", "missing.png", "--labels", "a,b"], "file not found: missing.png"),
         (["label", "a-file.txt", "--labels", "a"], "give at least two comma-separated labels"),
         (["label", "a-file.txt"], "Missing option '--labels'"),

@@ -17,7 +17,8 @@ US = 1_000
 def known(rows: list[tuple]) -> pa.Table:
     """(path, id, size, mtime_us, content_hash, pieces[, part, parts]) rows (default: part 0 of 1)."""
     columns = [("path", "string"), ("id", "int64"), ("size", "int64"), ("mtime_us", "int64")]
-    schema = pa.schema([*columns, ("content_hash", "string"), ("pieces", "int32"), ("part", "int32"), ("parts", "int32")])
+    counts = [("pieces", "int32"), ("part", "int32"), ("parts", "int32")]
+    schema = pa.schema([*columns, ("content_hash", "string"), *counts])
     rows = [(*row, 0, 1) if len(row) == 6 else row for row in rows]
     return pa.table({f.name: pa.array([row[i] for row in rows], f.type) for i, f in enumerate(schema)})
 

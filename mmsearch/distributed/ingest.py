@@ -42,11 +42,11 @@ PROGRESS_EVERY_S = 0.5  # how often the driver's progress bar asks the job for i
 
 @dataclass
 class RayAddSummary(AddSummary):
-    """An :class:`AddSummary` with what only a distributed run has: ``resumed`` files whose
-    segments a killed job had sealed (adopted, not embedded again), ``segments`` sealed by
-    workers in this run, and ``nodes``: seconds per stage (decode, encode, write) per node."""
+    """An :class:`AddSummary` with what only a distributed run has: ``segments`` sealed by
+    workers in this run, and ``nodes``: seconds per stage (decode, encode, write) per node.
+    Here ``resumed`` counts files whose segments a killed job had sealed (adopted, not
+    embedded again)."""
 
-    resumed: int = 0
     segments: int = 0
     nodes: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -82,6 +82,7 @@ def add_files_ray(
     with ShardWriter(index_dir) as writer:
         prepared = prepare(writer, paths, load_encoder, options, summary)
         plan, manifest = prepared.plan, writer.manifest
+        plan.redo_cut_short()  # Ray decodes whole files
         key = staging.job_key(manifest, prepared.decoding)
         folder = staging.job_folder(index_dir, key)
         staging.clear_stale(index_dir, keep=key)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsearch.config import CHECKPOINT_S
 from mmsearch.errors import IndexFormatError, UserInputError
 from mmsearch.ingest import pipeline, sources
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
@@ -27,8 +28,6 @@ from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
 
-CHECKPOINT_S = 120.0
-
 
 @dataclass
 class AddSummary:
@@ -38,7 +37,8 @@ class AddSummary:
     ``previously_failed`` counts files that still fail as before; ``unsupported``
     counts files of modalities the index's model cannot embed, ``skipped`` files of
     types that cannot be indexed (reason -> count); ``repaired`` names damaged shards
-    that were dropped so that their files are embedded again. ``seconds`` has the
+    that were dropped so that their files are embedded again; ``resumed`` counts files an
+    interrupted run had left part-done (only their missing parts were embedded). ``seconds`` has the
     time per stage: discover, load (the model, only when needed), decode, encode, write.
     """
 
@@ -54,6 +54,7 @@ class AddSummary:
     unsupported: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     repaired: list[str] = field(default_factory=list)
+    resumed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -175,6 +176,7 @@ def prepare(
     summary.unchanged = plan.unchanged
     summary.removed = len(plan.gone)
     summary.previously_failed = len(plan.known_failures)
+    summary.resumed = len(plan.resume)
     summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
     return Prepared(plan, decoding, stored, encoder)
 

@@ -66,8 +66,8 @@ def jobs(
         if file.path in todo:
             count, missing = todo[file.path]
         else:
-            limit = part_bytes or PART_BYTES.get(file.decoder)
-            count = max(1, -(-file.size // limit)) if limit else 1
+            cut = file.decoder in PART_BYTES  # images are one piece each: never cut
+            count = max(1, -(-file.size // (part_bytes or PART_BYTES[file.decoder]))) if cut else 1
             missing = list(range(count))
         planned.extend(Job(file, Part(index, count)) for index in missing)
     return planned

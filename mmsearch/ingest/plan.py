@@ -54,6 +54,13 @@ class Plan:
     known_failures: list[dict] = field(default_factory=list)
     kept_failures: list[dict] = field(default_factory=list)
 
+    def redo_cut_short(self) -> None:
+        """Embed files cut short whole again, replacing all their rows (for a path that
+        cannot decode a file part by part)."""
+        for path, resume in self.resume.items():
+            self.replaces[path] = resume.rows
+        self.resume.clear()
+
 
 def mtime_us(file: FoundFile) -> int:
     """Metadata stores microseconds; compare at that precision."""
@@ -120,7 +127,7 @@ def make_plan(
         stored_ids[path].append(item_id)
     parts_of = _parts(per_part.filter(pc.is_in(per_part["path"], value_set=pa.array(sorted(same_stamp), pa.string()))))
     candidates: list[tuple[FoundFile, str | None]] = []
-    for at in changed["at"].to_pylist():
+    for at in sorted(changed["at"].to_pylist()):  # in the order found (a join does not keep it)
         file = files[at]
         stamp = (file.size, mtime_us(file))
         previous = failed.get(file.path)
