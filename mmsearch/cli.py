@@ -236,14 +236,16 @@ def index(
         check_roots(paths)
     if video_every is not None and not video_every > 0:
         raise UserInputError(f"--video-every must be a positive number of seconds, not {video_every}")
-    path = _index_path(index)
-    from mmsearch.store.recipes import check_budget, check_recipe, parse_memory
-
-    check_recipe(recipe)  # before any model loads
-    budget = parse_memory(max_memory) if max_memory is not None else None
-    part_bytes = parse_memory(part_size, "part size") if part_size is not None else None
     if not checkpoint_every >= 0:
         raise UserInputError(f"--checkpoint-every must be 0 seconds or more, not {checkpoint_every}")
+    from mmsearch.sizes import parse_size
+
+    part_bytes = parse_size(part_size, "part size") if part_size is not None else None
+    budget = parse_size(max_memory) if max_memory is not None else None
+    path = _index_path(index)
+    from mmsearch.store.recipes import check_budget, check_recipe
+
+    check_recipe(recipe)  # before any model loads
     check_budget(recipe, budget)
     if ray is not None:
         from mmsearch.distributed.runtime import connect
@@ -793,9 +795,9 @@ def compact(
     json_out: JsonOption = False,
 ) -> None:
     """Rewrite shards without removed items, reclaiming space (with a new --shard-size or --max-memory if given)."""
-    from mmsearch.store.recipes import parse_memory
+    from mmsearch.sizes import parse_size
 
-    dropped = _open(index).compact(parse_memory(max_memory) if max_memory is not None else None, shard_size)
+    dropped = _open(index).compact(parse_size(max_memory) if max_memory is not None else None, shard_size)
     if json_out:
         _print_json({"dropped": dropped})
     else:

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_cli
 from mmsearch import Index
 from mmsearch.errors import UserInputError
+from mmsearch.sizes import parse_size
 from mmsearch.store import recipes
 
 DIM = 64  # bytes per vector: Flat 256, SQfp16 128, SQ8 64, SQ6 48, RaBitQ4 52, RaBitQ2 36
@@ -32,13 +33,13 @@ def rows(n: int) -> list[dict]:
     [("8G", 8 << 30), ("8GB", 8 << 30), ("8GiB", 8 << 30), ("512m", 512 << 20), ("1.5K", 1536), ("1000", 1000)],
 )
 def test_memory_sizes_parse_in_powers_of_1024(text: str, size: int) -> None:
-    assert recipes.parse_memory(text) == size
+    assert parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "8X", "G", "1.5.5G", "8IB", "0.1"])
 def test_bad_memory_sizes_are_one_line_user_errors(text: str) -> None:
     with pytest.raises(UserInputError, match="invalid memory size"):
-        recipes.parse_memory(text)
+        parse_size(text)
 
 
 def test_a_budget_needs_the_auto_recipe(tmp_path: Path) -> None:

@@ -144,10 +144,11 @@ def prepare(
     roots = check_lists(paths) if listed else check_roots(paths)
     manifest = writer.manifest
     summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
-    encoder = None
-    if manifest.inputs is None:  # an index from before inputs were recorded
+    encoder, inputs = None, manifest.inputs
+    if inputs is None:  # an index from before inputs were recorded
         encoder = _loaded(load_encoder, summary, manifest)
-    decoding = pipeline.decode_options(manifest.inputs, options.text_column, options.id_column, options.video_every)
+        inputs = pipeline.inputs_of(encoder)
+    decoding = pipeline.decode_options(inputs, options.text_column, options.id_column, options.video_every)
     stored = Snapshot(writer.dir, manifest, None)
     known = stored.catalog.table(
         "SELECT path, id, size, epoch_us(mtime) AS mtime_us, content_hash, pieces,"
@@ -166,7 +167,7 @@ def prepare(
         summary.skipped = dict(skipped)
     found = []
     for file in candidates:
-        if pipeline.indexable(file.modality, manifest.inputs["modalities"]):
+        if pipeline.indexable(file.modality, inputs["modalities"]):
             found.append(file)
         else:
             summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1

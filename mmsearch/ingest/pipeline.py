@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def jobs(
     """The decode jobs for ``files``: a large local file (over ``part_bytes``, by default
     ``PART_BYTES`` of its type) is cut into parts; ``todo`` gives, for a file resuming,
     its parts and those still missing."""
-    planned = []
+    planned: list[Job] = []
     for file in files:
         if file.path in todo:
             count, missing = todo[file.path]
@@ -197,7 +197,8 @@ def _device_crops(
     """Decode a batch's deferred JPEGs on the encoder's device; files that cannot be decoded
     there or by Pillow leave the batch as failures (a photo is one piece, so nothing else of
     theirs is in flight)."""
-    crops, failed = device_jpeg.crops([p.payload for _, p in batch], encoder.image_spec().size, encoder.device)
+    payloads = [cast("np.ndarray | device_jpeg.DeferredJpeg", p.payload) for _, p in batch]  # images: never text
+    crops, failed = device_jpeg.crops(payloads, encoder.image_spec().size, encoder.device)
     for position, reason in failed.items():
         decoded = batch[position][0]
         decoded.error, decoded.pieces = reason, []
