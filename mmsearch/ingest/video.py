@@ -368,7 +368,7 @@ def _decode(
     kept: list[tuple[float, np.ndarray]] = []
     previous: np.ndarray | None = None  # the picture just before, when nothing was skipped since
     last: np.ndarray | None = None  # the last picture decoded at all
-    gop, dirty = None, False
+    gop, dirty, seen = None, False, False  # seen: every wanted picture was sent
 
     def receive(frame) -> None:
         nonlocal previous, last
@@ -396,14 +396,15 @@ def _decode(
         if packet.stream.type == "audio":
             if sound is not None:
                 sound.add(packet)
-            if not left and sound is not None and sound.done:
+            if seen and (sound is None or sound.done):
                 break
             continue
         if packet.pts is None:
             continue
         gop = packet.pts if packet.is_keyframe or gop is None else gop
-        if not left and (sound is None or sound.done or gop > last_gop):
-            break  # nothing more wanted (the soundtrack is read on when it still needs packets)
+        seen = not left or gop > last_gop
+        if seen and (sound is None or sound.done):
+            break  # nothing more wanted (the soundtrack is read on while it still needs packets)
         if not unsent.get(gop):  # nothing wanted in this GOP, or nothing more
             dirty, previous = True, None
             continue
@@ -488,21 +489,28 @@ def _sound_range(span: tuple[float, float], rate: int, window_s: float) -> tuple
 
 class _Soundtrack:
     """Audio packets decoded and resampled to mono float32 as they arrive, kept from the
-    first window starting in the span to the end of the last one (sample-exact, counted
-    from the stream's start, so parts cut the whole file's windows)."""
+    first window starting in the span to the end of the last one, counted in samples
+    from the stream's start, so parts cut the whole file's windows.
+
+    Downmixing happens at the file's rate (sample-exact); the rate change starts on an
+    input sample that falls on the output grid, so a part resamples with the whole
+    file's phase and its samples equal the whole file's (after the preroll settles)."""
 
     def __init__(self, stream, rate: int, window_s: float, span: tuple[float, float]) -> None:
         self.stream, self.rate = stream, rate
         self.first_s, self.stop_s = _sound_range(span, rate, window_s)
-        self.origin = float((stream.start_time or 0) * stream.time_base) if stream.start_time is not None else None
+        self.origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
         self._reset()
 
     def _reset(self) -> None:
         import av
 
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        self.mono = av.AudioResampler(format="flt", layout="mono")
+        self.resampler: av.AudioResampler | None = None  # to the model's rate, once the file's is known
+        self.source_rate = self.rate
         self.chunks: list[np.ndarray] = []
-        self.at: int | None = None  # sample (from the stream's start) of the first chunk's first sample
+        self.at: int | None = None  # output sample (from the stream's start) of the first kept sample
+        self.skip = 0  # input samples still to drop before the first kept one
         self.broken = self.done = False
 
     def started(self) -> bool:
@@ -523,13 +531,46 @@ class _Soundtrack:
             return
         try:
             for frame in packet.decode():
-                if self.at is None and frame.pts is not None:
-                    self.at = round((float(frame.pts * frame.time_base) - self.origin) * self.rate)
-                for out in self.resampler.resample(frame):
-                    self.chunks.append(out.to_ndarray().reshape(-1))
+                self._take(frame)
         except av.error.FFmpegError as exc:  # a damaged soundtrack leaves the pictures indexable
             self.broken = True
             warnings.warn(f"soundtrack cut short: {_reason(exc)}", stacklevel=2)
+
+    def _take(self, frame) -> None:
+        import av
+
+        if self.at is None:
+            if frame.pts is None:
+                return
+            self.source_rate = frame.sample_rate
+            index = round((float(frame.pts * frame.time_base) - (self.origin or 0.0)) * self.source_rate)
+            self.skip = -index % (self.source_rate // math.gcd(self.source_rate, self.rate))
+            self.at = (index + self.skip) * self.rate // self.source_rate
+            if self.source_rate != self.rate:
+                self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        for out in self.mono.resample(frame):
+            self._resampled(out.to_ndarray().reshape(-1))
+
+    def _resampled(self, samples: np.ndarray | None) -> None:
+        """Pass mono samples at the file's rate (``None``: flush) on to the model's rate."""
+        import av
+
+        if samples is not None and self.skip:
+            dropped = min(self.skip, len(samples))
+            samples, self.skip = samples[dropped:], self.skip - dropped
+        if self.resampler is None:
+            if samples is not None:
+                self.chunks.append(samples)
+            return
+        if samples is None:
+            piece = None
+        elif not len(samples):
+            return
+        else:
+            piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None]), format="flt", layout="mono")
+            piece.sample_rate = self.source_rate
+        for out in self.resampler.resample(piece):
+            self.chunks.append(out.to_ndarray().reshape(-1))
 
     def reread(self, container) -> None:
         """Read the soundtrack on its own from just before its first window."""
@@ -543,8 +584,9 @@ class _Soundtrack:
 
     def wave(self) -> np.ndarray:
         if not self.broken:
-            for out in self.resampler.resample(None):
-                self.chunks.append(out.to_ndarray().reshape(-1))
+            for out in self.mono.resample(None):
+                self._resampled(out.to_ndarray().reshape(-1))
+            self._resampled(None)
         wave = np.concatenate(self.chunks).astype(np.float32) if self.chunks else np.zeros(0, np.float32)
         skip = round(self.first_s * self.rate) - (self.at or 0)
         if skip < 0:  # the stream starts after the window: silence before it
