@@ -79,3 +79,20 @@ def test_a_part_past_the_last_used_one_is_empty(films: Path) -> None:
     assert (meta["parts"], pieces) == (3, [])  # 6 s on a 2 s grid holds 3 parts at most
     meta, pieces = decode_video(path, OPTIONS, Part(2, 6))
     assert meta["parts"] == 3 and [p.meta["offset_s"] for p in pieces if p.meta["track"] == "frame"] == [4.0]
+
+
+def test_a_soundtrack_muxed_away_from_its_pictures_is_read_on_its_own(films: Path) -> None:
+    """When the file holds a part's sound before the keyframe its pictures start from, the
+    soundtrack is read again from its own seek: the same samples as the whole file's."""
+    import av
+
+    from mmsearch.ingest.video import _Soundtrack
+
+    path = str(films / "film.mp4")
+    with av.open(path) as container:
+        track = _Soundtrack(container.streams.audio[0], OPTIONS.sample_rate, OPTIONS.window_s, (8.0, 16.0))
+        track.reread(container)
+        wave = track.wave()
+    _, whole = _tracks(decode_video(path, OPTIONS)[1])
+    assert track.first_s == 9.0 and track.started()
+    np.testing.assert_allclose(wave, np.concatenate([whole[9.0], whole[12.0], whole[15.0]]), atol=1e-6)

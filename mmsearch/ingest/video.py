@@ -5,7 +5,7 @@ packets, decoding nothing) indexes every video packet: its time, whether it is a
 keyframe and its size. From that index the sampler picks the frames worth decoding:
 
 * a frame every ``video_every`` seconds — the keyframe itself when one lies within a
-  quarter interval of the mark, because a keyframe decodes on its own;
+  quarter interval after the mark, because a keyframe decodes on its own;
 * shot-change candidates: keyframes (all of them when there are at most two per sample,
   else those off the encoder's regular keyframe grid, which it placed at a scene change),
   and packets much larger than their neighbours (a cut makes the encoder spend bits on a
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from mmsearch.ingest.decode import DecodeOptions, Part, Piece
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-SNAP = 0.25  # of the interval: a keyframe this close to a mark stands in for it
+SNAP = 0.25  # of the interval: a keyframe this soon after a mark stands in for it
 KEYFRAMES_PER_SAMPLE = 2  # up to this many keyframes per sample are all decoded as candidates
 SPIKE = 6.0  # a packet this many times its neighbourhood's median size is a cut candidate
 SPIKE_NEIGHBOURS = 12  # packets on each side that make the neighbourhood
@@ -182,8 +182,8 @@ def sample(
 
 
 def frame_at(source: str | BinaryIO, offset_s: float, longest: int) -> Image.Image:
-    """The picture on screen ``offset_s`` seconds into the video (counted from its first
-    frame, as :func:`sample` counts), at most ``longest`` pixels on its longer side.
+    """The picture on screen ``offset_s`` seconds into the video (counted from the stream's
+    start, as :func:`sample` counts), at most ``longest`` pixels on its longer side.
 
     Seeks to the keyframe at or before the moment and decodes forward to it: one group of
     pictures, never the film. ``source`` is a path or an open binary file."""
