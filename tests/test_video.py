@@ -184,6 +184,24 @@ def test_renamed_video_reuses_its_vectors(tmp_path: Path, demo_encoder, clips: P
     assert np.array_equal(idx.vectors([r["id"] for r in rows]), before)
 
 
+def test_a_video_in_parts_gives_the_rows_and_vectors_of_one_job(tmp_path: Path, demo_encoder, clips: Path) -> None:
+    folder = tmp_path / "v"
+    folder.mkdir()
+    shutil.copy(clips / "long.mov", folder / "long.mov")
+    whole = Index.create(tmp_path / "whole", encoder=demo_encoder)
+    whole.add([folder], workers=0)
+    split = Index.create(tmp_path / "split", encoder=demo_encoder)
+    split.add([folder], workers=0, part_size=(folder / "long.mov").stat().st_size // 3 + 1)
+    listing = "SELECT id, track, offset_s, part, parts FROM items ORDER BY track, offset_s"
+    one, parts = whole.sql(listing).to_pylist(), split.sql(listing).to_pylist()
+    assert {(r["part"], r["parts"]) for r in one} == {(0, 1)}
+    assert {(r["part"], r["parts"]) for r in parts} == {(0, 3), (1, 3), (2, 3)}
+    assert [(r["track"], r["offset_s"]) for r in parts] == [(r["track"], r["offset_s"]) for r in one]
+    cosines = np.sum(whole.vectors([r["id"] for r in one]) * split.vectors([r["id"] for r in parts]), axis=1)
+    assert cosines.min() > 0.999
+    assert split.add([folder], workers=0).unchanged == 1
+
+
 def test_cli_video_query_json(tmp_path: Path, clips: Path) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()

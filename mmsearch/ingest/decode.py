@@ -576,7 +576,7 @@ def decode_video(data: bytes, path: str, options: DecodeOptions, part: Part) -> 
     """Sampled frames and soundtrack windows (PyAV, imported only when a video comes)."""
     from mmsearch.ingest import video
 
-    return video.decode_video(path, options)
+    return video.decode_video(path, options, part)
 
 
 OPENED_BY_PATH = frozenset({"video"})
