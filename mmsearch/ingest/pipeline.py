@@ -121,10 +121,11 @@ def indexable(modality: str, encoded: Sequence[str]) -> bool:
     return ENCODED_AS.get(modality, modality) in encoded
 
 
-def default_workers(n_files: int) -> int:
-    """Worker processes to use: none for tiny jobs, else one per core (at most 32: a GPU encoder
-    outruns a few decoding cores, so a big machine's cores all decode)."""
-    if n_files < INLINE_BELOW:
+def default_workers(n_jobs: int, split: bool = False) -> int:
+    """Worker processes to use: none for a few small files, else one per core (at most 32: a GPU
+    encoder outruns a few decoding cores, so a big machine's cores all decode). Parts of a
+    ``split`` file are large by definition: they always get workers."""
+    if n_jobs < INLINE_BELOW and not split:
         return 0
     return max(1, min(32, os.cpu_count() or 1))
 
@@ -252,10 +253,11 @@ def run(
         result.times.write += time.perf_counter() - encoded
         result.vectors += len(batch)
 
-    workers = default_workers(len(planned)) if workers is None else workers
+    split = any(job.part.count > 1 for job in planned)
+    workers = default_workers(len(planned), split) if workers is None else workers
     if "image" in encoder.modalities and encoder.crops_on_device and device_jpeg.available(encoder.device):
         options = replace(options, jpeg_on_device=True)
-    unit = "part" if any(job.part.count > 1 for job in planned) else "file"
+    unit = "part" if split else "file"
     bar = tqdm(total=len(planned), unit=unit, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar, _encoder_threads(workers):
         for decoded in _decoded(planned, options, workers):
