@@ -7,8 +7,8 @@
 * a caption table with many rows, decoded alone: peak memory of decoding the whole table
   against one part of it (a fresh process per measurement).
 
-    python benchmarks/large_files.py                   # ≈ 5 min on 2 shared cores
-    python benchmarks/large_files.py --passages 20000  # a longer text
+    python benchmarks/large_files.py                    # ≈ 8 min on 2 shared cores
+    python benchmarks/large_files.py --passages 100000  # a longer text
 
 Writes benchmarks/results/large_files.json and large_files.md.
 """
@@ -176,7 +176,7 @@ def write(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--passages", type=int, default=6000, help="passages in the long text")
+    parser.add_argument("--passages", type=int, default=30_000, help="passages in the long text")
     parser.add_argument("--parts", type=int, default=6, help="parts the text and the table are cut into")
     parser.add_argument("--table-rows", type=int, default=1_000_000, help="rows of the caption table")
     args = parser.parse_args()

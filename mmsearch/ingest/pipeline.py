@@ -32,6 +32,7 @@ from mmsearch.models.base import Encoder
 INLINE_BELOW = 32  # fewer jobs than this are decoded in-process: worker start-up costs more
 MiB = 1 << 20
 PART_BYTES = {"text": 4 * MiB, "table": 16 * MiB, "audio": 64 * MiB, "video": 128 * MiB}  # larger files are split
+HEAVY_PARTS = frozenset({"audio", "video"})  # parts whose decoding is worth a worker process even when few
 
 
 class Sink(Protocol):
@@ -121,11 +122,12 @@ def indexable(modality: str, encoded: Sequence[str]) -> bool:
     return ENCODED_AS.get(modality, modality) in encoded
 
 
-def default_workers(n_jobs: int, split: bool = False) -> int:
-    """Worker processes to use: none for a few small files, else one per core (at most 32: a GPU
-    encoder outruns a few decoding cores, so a big machine's cores all decode). Parts of a
-    ``split`` file are large by definition: they always get workers."""
-    if n_jobs < INLINE_BELOW and not split:
+def default_workers(n_jobs: int, heavy: bool = False) -> int:
+    """Worker processes to use: none for a few small jobs, else one per core (at most 32: a GPU
+    encoder outruns a few decoding cores, so a big machine's cores all decode). ``heavy`` jobs
+    (parts of a film or a long recording: decoding them costs about what embedding them does)
+    always get workers."""
+    if n_jobs < INLINE_BELOW and not heavy:
         return 0
     return max(1, min(32, os.cpu_count() or 1))
 
@@ -254,7 +256,8 @@ def run(
         result.vectors += len(batch)
 
     split = any(job.part.count > 1 for job in planned)
-    workers = default_workers(len(planned), split) if workers is None else workers
+    heavy = any(job.part.count > 1 and job.file.decoder in HEAVY_PARTS for job in planned)
+    workers = default_workers(len(planned), heavy) if workers is None else workers
     if "image" in encoder.modalities and encoder.crops_on_device and device_jpeg.available(encoder.device):
         options = replace(options, jpeg_on_device=True)
     unit = "part" if split else "file"
