@@ -62,6 +62,14 @@ def test_same_index_as_the_single_process_run(tmp_path: Path, ray_runtime, mixed
     assert not (idx.path / staging.STAGING_DIR).exists() or not any((idx.path / staging.STAGING_DIR).iterdir())
 
 
+def test_segments_sealed_by_workers_honour_the_memory_budget(tmp_path: Path, ray_runtime, mixed: Path) -> None:
+    # the demo model's 128-d vectors: Flat 512 B, SQfp16 256, SQ8 128; 200 B per file leaves SQ8
+    idx = Index.create(tmp_path / "index", MODEL, shard_size=32, device="cpu", max_memory=200 * MIXED_FILES)
+    idx.add([mixed], ray="auto")
+    assert {shard.recipe for shard in idx.manifest.shards} == {"SQ8"}
+    assert idx.search("a red circle", k=3)
+
+
 def _staged_sidecars(index_dir: Path) -> list[Path]:
     return list((index_dir / staging.STAGING_DIR).glob(f"*/shards/*{staging.SIDECAR_SUFFIX}"))
 

@@ -94,7 +94,10 @@ def add_files_ray(
             if manifest.model is None:
                 raise UserInputError(f"index {index_dir} holds vectors only: it has no model to embed files with")
             start_id = max(manifest.next_id, resumed.next_id)
-            job = _Job(manifest.model, manifest, prepared.decoding, folder, start_id)
+            # each file gives at least one vector: the budget per vector the workers' segments may use
+            job = _Job(
+                manifest.model, manifest, prepared.decoding, folder, start_id, writer.bytes_per_vector(len(todo))
+            )
             outcome = _run(ray, todo, job, device, options.progress)
         manifest.next_id = max(manifest.next_id, resumed.next_id, outcome.next_id)
         writer.adopt(folder, resumed.segments + outcome.segments)
@@ -158,6 +161,7 @@ class _Job:
     decoding: DecodeOptions
     folder: Path
     start_id: int  # ids handed to workers start here
+    bytes_per_vector: float | None  # the memory budget an ``auto`` segment must fit (``--max-memory``)
 
 
 def _run(ray: ModuleType, files: list[FoundFile], job: _Job, device: str | None, progress: bool) -> _Outcome:
@@ -200,7 +204,12 @@ def _stream(ray: ModuleType, files: list[FoundFile], job: _Job, device: str | No
             stages.seal_batch,
             batch_format="pyarrow",
             batch_size=manifest.shard_size,
-            fn_kwargs={"folder": str(job.folder), "recipe": manifest.recipe, "job": name},
+            fn_kwargs={
+                "folder": str(job.folder),
+                "recipe": manifest.recipe,
+                "job": name,
+                "max_bytes_per_vector": job.bytes_per_vector,
+            },
         )
     )
     outcome = _Outcome()

@@ -164,8 +164,9 @@ SEALED_SCHEMA = pa.schema(
 )
 
 
-def seal_batch(batch: pa.Table, folder: str, recipe: str, job: str) -> pa.Table:
-    """Seal embedded rows as one staged segment (ids from the job); pass failures on."""
+def seal_batch(batch: pa.Table, folder: str, recipe: str, job: str, max_bytes_per_vector: float | None) -> pa.Table:
+    """Seal embedded rows as one staged segment (ids from the job), an ``auto`` recipe within
+    ``max_bytes_per_vector``; pass failures on."""
     started = time.perf_counter()
     failed = batch["error"].is_valid()
     out = batch.filter(failed)
@@ -179,7 +180,7 @@ def seal_batch(batch: pa.Table, folder: str, recipe: str, job: str) -> pa.Table:
         rows = [pickle.loads(row) | {"id": start + n} for n, row in enumerate(good["row"].to_pylist())]
         vectors = good["vector"].combine_chunks().flatten().to_numpy().reshape(good.num_rows, -1)
         (Path(folder) / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-        info = seal(Path(folder), f"seg-{start:015d}", recipe, vectors, items_table(rows))
+        info = seal(Path(folder), f"seg-{start:015d}", recipe, vectors, items_table(rows), max_bytes_per_vector)
         staging.write_sidecar(Path(folder), info)
         files = int(np.count_nonzero(good["last"].to_numpy(zero_copy_only=False)))
         records.append(

@@ -280,21 +280,21 @@ class ShardWriter:
         name = shard_name(self.manifest.next_shard)
         self.manifest.next_shard += 1
         table = rows.slice(0, count).combine_chunks()
-        info = seal(self.dir, name, self.manifest.recipe, vectors[:count], table, self._bytes_per_vector())
+        info = seal(self.dir, name, self.manifest.recipe, vectors[:count], table, self.bytes_per_vector())
         self.manifest.shards.append(info)
         self._sealed_ids.append(table.column("id").to_numpy().astype(np.int64))
         self._vectors = [vectors[count:]] if count < len(vectors) else []
         self._tables = [rows.slice(count)] if count < rows.num_rows else []
         self._buffered -= count
 
-    def _bytes_per_vector(self) -> float | None:
+    def bytes_per_vector(self, incoming: int = 0) -> float | None:
         """The manifest's memory budget shared by every row the index holds once the buffer is
-        sealed (sealed shards, tombstoned rows included, plus the buffer; or ``expected_rows``
-        if larger). Rows that arrive in later sessions tighten it for later shards; ``compact``
-        re-seals every shard under it."""
+        sealed (sealed shards, tombstoned rows included, plus the buffer and ``incoming`` rows
+        sealed elsewhere; or ``expected_rows`` if larger). Rows that arrive in later sessions
+        tighten it for later shards; ``compact`` re-seals every shard under it."""
         if self.manifest.max_memory is None:
             return None
-        rows = sum(info.rows for info in self.manifest.shards) + self._buffered
+        rows = sum(info.rows for info in self.manifest.shards) + self._buffered + incoming
         return self.manifest.max_memory / max(rows, self.expected_rows, 1)
 
     def _retire(self) -> None:
