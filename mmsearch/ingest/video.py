@@ -4,8 +4,10 @@ A film is never decoded frame by frame when it need not be. One demux pass (read
 packets, decoding nothing) indexes every video packet: its time, whether it is a
 keyframe and its size. From that index the sampler picks the frames worth decoding:
 
-* a frame every ``video_every`` seconds — the keyframe itself when one lies within a
-  quarter interval after the mark, because a keyframe decodes on its own;
+* a frame every ``video_every`` seconds — the nearest keyframe when one lies within a
+  quarter interval of the mark (before or after it), because a keyframe decodes on its
+  own (encoders drift their keyframe grid after a scene-cut keyframe), else the first
+  frame at or after the mark;
 * shot-change candidates: keyframes (all of them when there are at most two per sample,
   else those off the encoder's regular keyframe grid, which it placed at a scene change),
   and packets much larger than their neighbours (a cut makes the encoder spend bits on a
@@ -22,10 +24,15 @@ the same pass, resampled to the model's rate and cut into the audio windows of
 
 A long film is decoded in parts (:class:`mmsearch.ingest.decode.Part`), each its own job:
 the part's span of the sampling grid comes from the container's duration (no demux), the
-demuxer seeks to the keyframe at or before the span and stops a few packets past its
-end, so a part costs its share of the film. Times stay counted from the stream's start,
-marks sit on the same grid and a keyframe only stands in for the mark before it, so the
-parts' samples and sound windows are, together, those of the whole file.
+demuxer seeks to the keyframe at or before a quarter interval ahead of the span and stops
+a few packets past a quarter interval beyond its end, so a part costs its share of the
+film. Times stay counted from the stream's start and marks sit on the same grid. A mark
+belongs to the part whose span holds the mark (not its frame), and a part gives the
+frames from its first mark's frame up to the next part's first mark's frame, which it
+picks from the packets indexed past its end: its marks' frames (its first may be a
+keyframe just before the span) and the cuts between them. So the parts' samples, cuts and
+sound windows are, together, those of the whole file, each once and in order, and a
+part's last frame lasts until the next part's first.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
     from mmsearch.ingest.decode import DecodeOptions, Part, Piece
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-SNAP = 0.25  # of the interval: a keyframe this soon after a mark stands in for it
+SNAP = 0.25  # of the interval: a keyframe this close to a mark (either side) stands in for it
 KEYFRAMES_PER_SAMPLE = 2  # up to this many keyframes per sample are all decoded as candidates
 SPIKE = 6.0  # a packet this many times its neighbourhood's median size is a cut candidate
 SPIKE_NEIGHBOURS = 12  # packets on each side that make the neighbourhood
@@ -89,7 +96,7 @@ class Sampled:
     sound: np.ndarray | None = None  # mono float32 at the requested rate, when asked for
     sound_from: float = 0.0  # seconds from the soundtrack's start to ``sound``'s first sample
     span: tuple[float, float] = WHOLE  # the seconds sampled: [start, end)
-    owned: tuple[float, float] = (-math.inf, math.inf)  # seconds from the span's first sample to the next span's
+    owned: tuple[float, float] = (-math.inf, math.inf)  # seconds from its first mark's frame to the next span's
     parts: int = 1  # parts the file is cut into (the same for every part)
 
 
@@ -140,8 +147,9 @@ def sample(
     the ``window_s`` windows that start in the sampled span.
 
     With ``part``, only that share of the file: its span of the ``every`` grid when the
-    container says how long the file is, else the whole file for part 0 and nothing for
-    the others."""
+    container says how long the file is (the frames from its first mark's, which may be a
+    keyframe just before the span, up to the next part's first mark's: ``owned``), else
+    the whole file for part 0 and nothing for the others."""
     import av
 
     from mmsearch.ingest.decode import DecodeError, Part
