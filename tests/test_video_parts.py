@@ -28,6 +28,29 @@ def films(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 10 s film whose keyframes (every 1.9 s) drift ever further before the 2 s marks,
+    with a cut at 3.9 s, just after the keyframe of mark 4 s (a big P-frame, no keyframe)."""
+    import av
+
+    path = tmp_path_factory.mktemp("drift") / "drift.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 48
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "veryfast", "x264-params": "scenecut=0:keyint=1000"}  # keyframes only where told
+        for number in range(100):
+            picture = np.asarray(world.render(RED if number < 39 else BLUE, 48))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(picture, number % 6 - 3, axis=1)))
+            frame.pts = number
+            if number % 19 == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return str(path)
+
+
 def _tracks(pieces: list) -> tuple[list[dict], dict[float, np.ndarray]]:
     frames = [p.meta for p in pieces if p.meta["track"] == "frame"]
     return frames, {p.meta["offset_s"]: p.payload for p in pieces if p.meta["track"] == "sound"}
@@ -96,3 +119,30 @@ def test_a_soundtrack_muxed_away_from_its_pictures_is_read_on_its_own(films: Pat
     _, whole = _tracks(decode_video(path, OPTIONS)[1])
     assert track.first_s == 9.0 and track.started()
     np.testing.assert_allclose(wave, np.concatenate([whole[9.0], whole[12.0], whole[15.0]]), atol=1e-6)
+
+
+def test_a_keyframe_just_before_a_mark_stands_in_for_it(drifting: str) -> None:
+    whole = sample(drifting, 2.0, 32)
+    assert [t for t, _ in whole.frames] == [0.0, 1.9, 3.8, 3.9, 5.7, 7.6]  # marks 2-8 s snap back to keyframes
+    assert whole.cuts == [3.9]
+    # the 9.5 s keyframe is a candidate (all are, this few); the cut's P-frame follows its keyframe
+    assert whole.decoded == 7
+    third = sample(drifting, 2.0, 32, part=Part(3, 5))
+    assert [t for t, _ in third.frames] == [5.7] and third.decoded == 1  # not 5.7 s on to 6.0 s: 4 pictures
+
+
+def test_parts_cut_at_marks_with_keyframes_before_them_are_the_whole_film(drifting: str) -> None:
+    """Each 2 s part starts at a mark whose keyframe lies in the part before: the part of
+    the mark gives it, the part before stops short of it (the cut at 3.9 s goes with it)."""
+    _, whole = decode_video(drifting, OPTIONS)
+    parts = [decode_video(drifting, OPTIONS, Part(index, 5))[1] for index in range(5)]
+    assert [[p.meta["offset_s"] for p in pieces] for pieces in parts] == [[0.0], [1.9], [3.8, 3.9], [5.7], [7.6]]
+    together = [piece for pieces in parts for piece in pieces]
+    assert [p.meta for p in together] == [p.meta for p in whole]  # times and durations (to the next sample)
+    assert all(np.array_equal(a.payload, b.payload) for a, b in zip(together, whole, strict=True))
+    assert [sample(drifting, 2.0, 32, part=Part(index, 5)).cuts for index in range(5)] == [[], [], [3.9], [], []]
+    forward = DecodeOptions(image_size=32, video_every=1.8, soundtrack=False)  # keyframes just after the marks
+    _, whole = decode_video(drifting, forward)
+    assert [p.meta["offset_s"] for p in whole] == [0.0, 1.9, 3.8, 3.9, 5.7, 7.6, 9.0]
+    together = [piece for index in range(6) for piece in decode_video(drifting, forward, Part(index, 6))[1]]
+    assert [p.meta for p in together] == [p.meta for p in whole]  # 0 s lasts until 1.9 s, not to its part's end

@@ -4,8 +4,10 @@ A film is never decoded frame by frame when it need not be. One demux pass (read
 packets, decoding nothing) indexes every video packet: its time, whether it is a
 keyframe and its size. From that index the sampler picks the frames worth decoding:
 
-* a frame every ``video_every`` seconds — the keyframe itself when one lies within a
-  quarter interval after the mark, because a keyframe decodes on its own;
+* a frame every ``video_every`` seconds — the nearest keyframe when one lies within a
+  quarter interval of the mark (before or after it), because a keyframe decodes on its
+  own (encoders drift their keyframe grid after a scene-cut keyframe), else the first
+  frame at or after the mark;
 * shot-change candidates: keyframes (all of them when there are at most two per sample,
   else those off the encoder's regular keyframe grid, which it placed at a scene change),
   and packets much larger than their neighbours (a cut makes the encoder spend bits on a
@@ -22,10 +24,15 @@ the same pass, resampled to the model's rate and cut into the audio windows of
 
 A long film is decoded in parts (:class:`mmsearch.ingest.decode.Part`), each its own job:
 the part's span of the sampling grid comes from the container's duration (no demux), the
-demuxer seeks to the keyframe at or before the span and stops a few packets past its
-end, so a part costs its share of the film. Times stay counted from the stream's start,
-marks sit on the same grid and a keyframe only stands in for the mark before it, so the
-parts' samples and sound windows are, together, those of the whole file.
+demuxer seeks to the keyframe at or before a quarter interval ahead of the span and stops
+a few packets past a quarter interval beyond its end, so a part costs its share of the
+film. Times stay counted from the stream's start and marks sit on the same grid. A mark
+belongs to the part whose span holds the mark (not its frame), and a part gives the
+frames from its first mark's frame up to the next part's first mark's frame, which it
+picks from the packets indexed past its end: its marks' frames (its first may be a
+keyframe just before the span) and the cuts between them. So the parts' samples, cuts and
+sound windows are, together, those of the whole file, each once and in order, and a
+part's last frame lasts until the next part's first.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
     from mmsearch.ingest.decode import DecodeOptions, Part, Piece
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-SNAP = 0.25  # of the interval: a keyframe this soon after a mark stands in for it
+SNAP = 0.25  # of the interval: a keyframe this close to a mark (either side) stands in for it
 KEYFRAMES_PER_SAMPLE = 2  # up to this many keyframes per sample are all decoded as candidates
 SPIKE = 6.0  # a packet this many times its neighbourhood's median size is a cut candidate
 SPIKE_NEIGHBOURS = 12  # packets on each side that make the neighbourhood
@@ -89,6 +96,7 @@ class Sampled:
     sound: np.ndarray | None = None  # mono float32 at the requested rate, when asked for
     sound_from: float = 0.0  # seconds from the soundtrack's start to ``sound``'s first sample
     span: tuple[float, float] = WHOLE  # the seconds sampled: [start, end)
+    owned: tuple[float, float] = (-math.inf, math.inf)  # seconds from its first mark's frame to the next span's
     parts: int = 1  # parts the file is cut into (the same for every part)
 
 
@@ -110,7 +118,7 @@ def decode_video(path: str, options: DecodeOptions, part: Part | None = None) ->
         "parts": sampled.parts,
     }
     times = [t for t, _ in sampled.frames]
-    last = min(sampled.span[1], sampled.duration or math.inf)
+    last = min(sampled.owned[1], sampled.duration or math.inf)  # the next part's first sample
     ends = [*times[1:], max(last, times[-1])] if times else []
     pieces = [
         Piece(crop, {"track": "frame", "offset_s": t, "duration_s": round(end - t, 6)}, modality="image")
@@ -139,8 +147,9 @@ def sample(
     the ``window_s`` windows that start in the sampled span.
 
     With ``part``, only that share of the file: its span of the ``every`` grid when the
-    container says how long the file is, else the whole file for part 0 and nothing for
-    the others."""
+    container says how long the file is (the frames from its first mark's, which may be a
+    keyframe just before the span, up to the next part's first mark's: ``owned``), else
+    the whole file for part 0 and nothing for the others."""
     import av
 
     from mmsearch.ingest.decode import DecodeError, Part
@@ -160,12 +169,12 @@ def sample(
             if result.span[0] >= result.span[1]:
                 return result
             rate = sound_rate if container.streams.audio else None  # the soundtrack wanted, if any
-            seek = result.span[0]
+            seek = result.span[0] - SNAP * every  # the first mark's keyframe may come just before it
             if rate:  # its first window may start before the span's first picture
                 seek = min(seek, _sound_range(result.span, rate, window_s)[0] - PREROLL)
             origin = stream.start_time
             target = origin + math.floor(seek / float(stream.time_base)) if seek > 0 and origin is not None else None
-            packets, target = _index(container, stream, target, result.span)
+            packets, target = _index(container, stream, target, result.span[1] + SNAP * every)
         if not packets:
             if result.span[0] > 0:
                 return result  # the span holds no frames (the file is shorter than its header says)
@@ -236,14 +245,14 @@ def _video_stream(container):
     return container.streams.video[0]
 
 
-def _index(container, stream, target: int | None, span: tuple[float, float]) -> tuple[list[_Packet], int | None]:
+def _index(container, stream, target: int | None, end_s: float) -> tuple[list[_Packet], int | None]:
     """The video packets with a time, in decode order, from a demux pass (nothing decoded):
     from the keyframe at or before pts ``target`` (the file's start when ``None``, or when
-    the seek lands past it) until ``REORDER`` packets in a row lie at or after the span's end.
+    the seek lands past it) until ``REORDER`` packets in a row lie at or after ``end_s``.
 
     Returns the packets and the seek target the decode pass must use to meet them again."""
     origin = stream.start_time or 0
-    end = math.inf if span[1] == math.inf else origin + span[1] / float(stream.time_base)
+    end = math.inf if end_s == math.inf else origin + end_s / float(stream.time_base)
     if target is None:
         return _demuxed(container, stream, end), None
     container.seek(target, stream=stream, backward=True, any_frame=False)
@@ -275,6 +284,10 @@ class Plan:
     samples: frozenset[int]
     candidates: frozenset[int]
     gops: frozenset[int]  # the GOPs that hold a wanted frame
+    owned: tuple[float, float] = (-math.inf, math.inf)  # pts [from, to) of the frames this plan may give
+
+    def owns(self, pts: int) -> bool:
+        return self.owned[0] <= pts < self.owned[1]
 
 
 def plan(
@@ -283,26 +296,36 @@ def plan(
     """The frames to decode for samples every ``every`` seconds and for shot-change
     candidates, in ``span`` (seconds from pts ``origin``, by default the first frame's).
 
-    A keyframe stands in for a mark only when it lies within a quarter interval after it:
-    every sample then lies in its mark's interval, so a part plans exactly the whole
-    file's samples that fall in its span."""
+    A span gives the frames from its first mark's frame up to (not including) the next
+    span's first mark's frame: its marks' frames (a keyframe a little before its first
+    mark too) and the cuts between. A frame several marks pick goes with the last of them.
+    Marks' frames never go backwards in time, so the spans of a file's parts give, together,
+    the whole file's frames, each once and in order."""
     frames = sorted(packets, key=lambda p: p.pts)
     origin = frames[0].pts if origin is None else origin
     times = [(p.pts - origin) * time_base for p in frames]
     keys = [i for i, p in enumerate(frames) if p.key]
     key_times = [times[i] for i in keys]
-    inside = {p.pts for p, t in zip(frames, times) if _within(t, span)}
+
+    def picked(mark: int) -> int | None:
+        """The pts of mark ``mark``'s frame; ``None`` past the last frame."""
+        return (
+            frames[_pick(mark * every, every, times, keys, key_times)].pts
+            if mark * every <= times[-1] + EPSILON
+            else None
+        )
+
+    first = math.ceil(span[0] / every - EPSILON)
+    start = picked(first) if first > 0 else -math.inf  # the first span also gives what comes before its mark
+    end = picked(math.ceil(span[1] / every - EPSILON)) if span[1] != math.inf else None
+    owned = (math.inf if start is None else start, math.inf if end is None else end)
     samples = set()
-    mark = math.ceil(span[0] / every - EPSILON)
-    while mark * every < span[1] and mark * every <= times[-1] + EPSILON:
-        near = bisect.bisect_left(key_times, mark * every - EPSILON)
-        if near < len(keys) and key_times[near] <= (mark + SNAP) * every:
-            chosen = keys[near]
-        else:
-            chosen = min(bisect.bisect_left(times, mark * every - EPSILON), len(frames) - 1)
-        samples.add(frames[chosen].pts)
+    mark = first
+    while mark * every < span[1] and (chosen := picked(mark)) is not None:
+        samples.add(chosen)
         mark += 1
-    samples &= inside
+    samples.discard(end)  # the next span's first mark takes it
+    inside = {p.pts for p in frames if owned[0] <= p.pts < owned[1]}
     keys_inside = [i for i in keys if frames[i].pts in inside]
     if len(keys_inside) <= KEYFRAMES_PER_SAMPLE * max(len(samples), 1):  # cheap enough: look at every keyframe
         candidates = {frames[i].pts for i in keys_inside}
@@ -310,11 +333,21 @@ def plan(
         candidates = _off_grid(frames, keys, times)
     candidates = ((candidates | _spikes(packets)) & inside) - samples
     wanted = samples | candidates
-    return Plan(frozenset(samples), frozenset(candidates), frozenset(p.gop for p in packets if p.pts in wanted))
+    gops = frozenset(p.gop for p in packets if p.pts in wanted)
+    return Plan(frozenset(samples), frozenset(candidates), gops, owned)
 
 
-def _within(time_s: float, span: tuple[float, float]) -> bool:
-    return span[0] - EPSILON <= time_s < span[1] - EPSILON
+def _pick(mark_s: float, every: float, times: list[float], keys: list[int], key_times: list[float]) -> int:
+    """The index in ``times`` of the frame that stands for the mark at ``mark_s``: the
+    nearest keyframe within ``SNAP`` intervals either side (it decodes on its own), else
+    the first frame at or after the mark (the last frame when none is)."""
+    after = bisect.bisect_left(key_times, mark_s - EPSILON)
+    near = [i for i in (after - 1, after) if 0 <= i < len(keys)]
+    if near:
+        best = min(near, key=lambda i: (abs(key_times[i] - mark_s), -i))  # a tie goes to the later one
+        if abs(key_times[best] - mark_s) <= SNAP * every + EPSILON:
+            return keys[best]
+    return min(bisect.bisect_left(times, mark_s - EPSILON), len(times) - 1)
 
 
 def _off_grid(frames: list[_Packet], keys: list[int], times: list[float]) -> set[int]:
@@ -354,9 +387,9 @@ def _decode(
     from the keyframe at or before pts ``target``, stopping once nothing more is wanted."""
     stream = container.streams.video[0]
     time_base = float(stream.time_base)
-    span = result.span
-    wanted = plan(packets, time_base, every, origin, span)
+    wanted = plan(packets, time_base, every, origin, result.span)
     result.packets = len(packets)
+    result.owned = (round((wanted.owned[0] - origin) * time_base, 6), round((wanted.owned[1] - origin) * time_base, 6))
     if result.duration is None:  # no duration in the header: the whole file was indexed
         rate = result.fps
         result.duration = (max(p.pts for p in packets) - origin) * time_base + (1 / rate if rate else 0)
@@ -382,7 +415,7 @@ def _decode(
         else:
             is_cut = last is not None and frame.pts in wanted.candidates and _differs(signature, last)
         time_s = round((frame.pts - origin) * time_base, 6)
-        if (frame.pts in wanted.samples or is_cut) and _within(time_s, span):
+        if frame.pts in wanted.samples or (is_cut and wanted.owns(frame.pts)):
             kept.append((time_s, _crop(frame, size)))
             if is_cut:
                 result.cuts.append(time_s)
