@@ -142,3 +142,22 @@ def test_a_changed_file_in_parts_shows_its_old_version_until_the_new_one_is_whol
     after.add([folder], workers=0, part_size=part_size)
     new = decode(str(essay), "text", OPTIONS).pieces
     assert _texts(after, essay) == [(p.meta["char_offset"], p.meta["text"]) for p in new]
+
+
+def test_a_renamed_file_in_parts_reuses_every_part(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    essay = _essay(folder / "essay.txt")
+    idx = Index.create(tmp_path / "index", encoder=HashEncoder(), shard_size=1000)
+    idx.add([folder], workers=0, part_size=essay.stat().st_size // 3 + 1)
+    before = _texts(idx)
+    essay.rename(folder / "renamed.txt")
+    summary = idx.add([folder], workers=0)
+    assert (summary.reused, summary.embedded, summary.vectors) == (1, 0, 0)
+    assert _texts(idx, folder / "renamed.txt") == before
+    assert {(r["part"], r["parts"]) for r in idx.sql("SELECT DISTINCT part, parts FROM items").to_pylist()} == {
+        (0, 3),
+        (1, 3),
+        (2, 3),
+    }
+    assert idx.add([folder], workers=0).unchanged == 1
