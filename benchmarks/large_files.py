@@ -29,10 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from rerun import command_line, publish
+
 from mmsearch import Index, world
 from mmsearch.store import manifest as manifest_io
 
-RESULTS = Path(__file__).parent / "results"
 SEED = 5
 POLL_S = 0.2
 
@@ -136,8 +137,6 @@ def table_memory(root: Path, rows: int, parts: int) -> list[dict]:
 
 
 def write(report: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "large_files.json").write_text(json.dumps(report, indent=2) + "\n")
     text = report["text"]
     whole, split = text
     lines = [
@@ -170,8 +169,7 @@ def write(report: dict) -> None:
     for row in report["table"]:
         mode = "one job" if row["parts"] == 1 else f"one of {row['parts']} parts"
         lines.append(f"| {mode} | {row['pieces_in_memory']} | {row['peak_mib']} |")
-    (RESULTS / "large_files.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("large_files", report, lines)
 
 
 def main() -> None:
@@ -180,11 +178,7 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=6, help="parts the text and the table are cut into")
     parser.add_argument("--table-rows", type=int, default=1_000_000, help="rows of the caption table")
     args = parser.parse_args()
-    command = "python benchmarks/large_files.py" + "".join(
-        f" --{name.replace('_', '-')} {value}"
-        for name, value in vars(args).items()
-        if value != parser.get_default(name)
-    )
+    command = command_line("large_files.py", parser, args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         report = {

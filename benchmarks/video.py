@@ -25,7 +25,6 @@ Writes benchmarks/results/video.json and video.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -36,13 +35,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from rerun import command_line, publish
+
 from mmsearch import Index, world
 from mmsearch.evaluation import VideoScorer
 from mmsearch.ingest import video
 from mmsearch.ingest.decode import DecodeOptions, windows
 from mmsearch.models.registry import load_encoder
 
-RESULTS = Path(__file__).parent / "results"
 SEED = 11
 FPS = 25
 KEYFRAME_S = 2
@@ -229,8 +229,6 @@ def quality(root: Path, videos: int, encoder) -> list[dict]:
 
 
 def write(report: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "video.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Video",
         "",
@@ -270,8 +268,7 @@ def write(report: dict) -> None:
             f"| {row['direction']} | {row['precision']:.3f} | {row['achievable_precision']:.3f}"
             f" | {row['temporal_accuracy']:.3f} |"
         )
-    (RESULTS / "video.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("video", report, lines)
 
 
 def main() -> None:
@@ -282,11 +279,7 @@ def main() -> None:
     parser.add_argument("--film-minutes", type=float, default=30.0, help="length of the long film cut into parts")
     args = parser.parse_args()
     encoder = load_encoder("demo", "cpu")
-    command = "python benchmarks/video.py" + "".join(
-        f" --{name.replace('_', '-')} {value:g}"
-        for name, value in vars(args).items()
-        if value != parser.get_default(name)
-    )
+    command = command_line("video.py", parser, args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rows = [
