@@ -15,6 +15,7 @@ from mmsearch import Index
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Part, decode
 from mmsearch.ingest.discover import FoundFile
 from mmsearch.ingest.pipeline import jobs
+from mmsearch.store.writer import MERGE_FACTOR, ShardWriter
 
 OPTIONS = DecodeOptions(passage_chars=60, sample_rate=8_000, window_s=1.0)
 
@@ -161,3 +162,23 @@ def test_a_renamed_file_in_parts_reuses_every_part(tmp_path: Path) -> None:
         (2, 3),
     }
     assert idx.add([folder], workers=0).unchanged == 1
+
+
+def test_checkpoints_never_show_a_group_before_it_is_whole(tmp_path: Path) -> None:
+    """Many checkpoints (enough small segments for a merge) while one file's rows are still
+    arriving: its sealed rows stay hidden at every committed generation."""
+    idx = Index.create(tmp_path / "index", dim=4)
+    rng = np.random.default_rng(0)
+    with ShardWriter(idx.path) as writer:
+        for round_ in range(2 * MERGE_FACTOR):
+            big = [{"id": int(i), "path": "/big.txt", "modality": "text"} for i in writer.next_ids(2)]
+            writer.append(rng.standard_normal((2, 4)).astype(np.float32), big, group="/big.txt", last=False)
+            small = [{"id": int(writer.next_ids(1)[0]), "path": f"/small{round_}.txt", "modality": "text"}]
+            writer.append(rng.standard_normal((1, 4)).astype(np.float32), small)
+            writer.checkpoint(0)
+            seen = Index.open(idx.path).sql("SELECT path, count(*) AS n FROM items GROUP BY path").to_pylist()
+            assert {row["path"]: row["n"] for row in seen} == {f"/small{n}.txt": 1 for n in range(round_ + 1)}
+        writer.append(np.empty((0, 4), np.float32), [], group="/big.txt", last=True)
+        writer.commit()
+    counts = Index.open(idx.path).sql("SELECT path, count(*) AS n FROM items GROUP BY path").to_pylist()
+    assert {row["path"]: row["n"] for row in counts}["/big.txt"] == 4 * MERGE_FACTOR

@@ -213,24 +213,32 @@ class ShardWriter:
         return shards, dead
 
     def checkpoint(self, every_s: float) -> None:
-        """Commit if complete groups wait to become visible and ``every_s`` seconds have
-        passed since the last commit: a long ingest loses at most that much work to a crash,
-        even while no shard fills (a long film, a slow model)."""
+        """Seal the buffer and publish if complete groups wait to become visible and ``every_s``
+        seconds have passed since the last commit: a long ingest loses at most that much work
+        to a crash, even while no shard fills (a long film, a slow model). Segments are merged
+        only by :meth:`commit`: a merge would re-stage the sealed rows of a group still open as
+        rows of their own, visible before the group is whole."""
         if self.checkpoints and self._closed_groups and time.monotonic() - self._published_at >= every_s:
-            self.commit()
+            self._seal_and_publish()
+
+    def _seal_and_publish(self) -> None:
+        if self._buffered:
+            self._seal(self._buffered)
+        self._publish()
 
     def commit(self) -> None:
         """Seal buffered rows into a segment and make every change visible atomically;
         then merge small segments if a size tier is full (committed again)."""
-        if self._buffered:
-            self._seal(self._buffered)
-        self._publish()
+        self._seal_and_publish()
         if self.checkpoints:
             while self._merge_tier():
                 self._publish()
 
     def _merge_tier(self) -> bool:
-        """Rewrite the segments of the smallest full size tier as one; False if none is full."""
+        """Rewrite the segments of the smallest full size tier as one; False if none is full,
+        or while a group is open (its sealed rows, re-staged, would lose their group)."""
+        if any(group.ids for group in self._open_groups.values()):
+            return False
         tiers: dict[int, list[ShardInfo]] = defaultdict(list)
         for info in self.manifest.shards:
             if info.rows < self.manifest.shard_size:  # full shards are final: merging them gains nothing
