@@ -213,23 +213,18 @@ class ShardWriter:
         return shards, dead
 
     def checkpoint(self, every_s: float) -> None:
-        """Seal the buffer and publish if complete groups wait to become visible and ``every_s``
-        seconds have passed since the last commit: a long ingest loses at most that much work
-        to a crash, even while no shard fills (a long film, a slow model). Segments are merged
-        only by :meth:`commit`: a merge would re-stage the sealed rows of a group still open as
-        rows of their own, visible before the group is whole."""
+        """Commit if complete groups wait to become visible and ``every_s`` seconds have passed
+        since the last commit: a long ingest loses at most that much work to a crash, even
+        while no shard fills (a long film, a slow model)."""
         if self.checkpoints and self._closed_groups and time.monotonic() - self._published_at >= every_s:
-            self._seal_and_publish()
-
-    def _seal_and_publish(self) -> None:
-        if self._buffered:
-            self._seal(self._buffered)
-        self._publish()
+            self.commit()
 
     def commit(self) -> None:
         """Seal buffered rows into a segment and make every change visible atomically;
         then merge small segments if a size tier is full (committed again)."""
-        self._seal_and_publish()
+        if self._buffered:
+            self._seal(self._buffered)
+        self._publish()
         if self.checkpoints:
             while self._merge_tier():
                 self._publish()
