@@ -529,6 +529,9 @@ class Index:
     def _check_where(self, snap: Snapshot, where: str) -> None:
         snap.catalog.ids_where(where)
 
+    def _incomplete_files(self, snap: Snapshot) -> int | None:
+        return snap.catalog.incomplete_files
+
     def _floors(
         self, snap: Snapshot, queries: np.ndarray, returned: str, min_score: float | str | None
     ) -> list[float | None]:
@@ -606,7 +609,8 @@ class Index:
         return self._read(lambda snap: snap.catalog.query(statement))
 
     def info(self) -> dict:
-        """Model, space, counts per modality, shards and size on disk."""
+        """Model, space, counts per modality, shards and size on disk; ``incomplete_files``
+        counts files an interrupted ingest left part-done (the next ``add`` finishes them)."""
         return self._read(self._info)
 
     def _info(self, snap: Snapshot) -> dict:
@@ -629,6 +633,7 @@ class Index:
             "shard_recipes": _recipe_summary(m),
             "tombstones": len(m.tombstones),
             "failures": snap.failure_count(),
+            "incomplete_files": self._incomplete_files(snap),
             "size_bytes": size,
             "generation": m.generation,
             "format_version": m.format_version,

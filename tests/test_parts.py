@@ -118,9 +118,10 @@ def test_an_interrupted_file_keeps_its_finished_parts_and_resumes_with_the_rest(
     assert [r["part"] for r in parts] == [0, 1]  # the first two parts were committed, each whole
     assert all(r["parts"] == 5 and r["n"] == r["pieces"] for r in parts)
     assert set(_texts(after)) < set(expected)
+    assert after.info()["incomplete_files"] == 1
     summary = after.add([folder], workers=0, part_size=10**9)  # a different part size: the file keeps its own
     assert summary.resumed == 1 and summary.vectors == len(expected) - sum(r["n"] for r in parts)
-    assert _texts(after) == expected
+    assert _texts(after) == expected and after.info()["incomplete_files"] == 0
     assert after.add([folder], workers=0).unchanged == 1
 
 

@@ -277,6 +277,10 @@ class RayIndex(Index):
     def _check_where(self, snap: Snapshot, where: str) -> None:
         self._each("check_where", snap, where)
 
+    def _incomplete_files(self, snap: Snapshot) -> int | None:
+        """Not over actors: a file's parts may be served by several of them."""
+        return None
+
     def sql(self, statement: str):
         """Not over actors: a statement may need every row in one place."""
         raise UserInputError("SQL is not available on a Ray-served index; run `mmsearch sql` on the index folder")

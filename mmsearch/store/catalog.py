@@ -156,6 +156,17 @@ class Catalog:
         """Run trusted internal SQL."""
         return self.con.sql(statement).to_arrow_table()
 
+    @cached_property
+    def incomplete_files(self) -> int:
+        """Files an interrupted ingest left part-done: some part of theirs lacks rows (the next
+        ``index`` run embeds what is missing). Rows brought as vectors have no file to finish."""
+        per_part = (
+            "SELECT path, count(*) AS n, min(pieces) AS pieces, min(coalesce(parts, 1)) AS parts"
+            " FROM items WHERE pieces IS NOT NULL GROUP BY path, coalesce(part, 0)"
+        )
+        short = f"SELECT path FROM ({per_part}) GROUP BY path HAVING count(*) FILTER (WHERE n = pieces) < min(parts)"
+        return int(self.table(f"SELECT count(*) AS files FROM ({short})")["files"][0].as_py())
+
 
 def paths_under(paths: pa.ChunkedArray | pa.Array, roots: Sequence[str]) -> np.ndarray:
     """Boolean mask of ``paths`` equal to or below any of ``roots`` (vectorised)."""
