@@ -299,7 +299,7 @@ def _summary_lines(summary: AddSummary, model: str) -> list[str]:
         lines.append(f"  {_plural(summary.previously_failed, 'file')} still failing ({FAILURES_SQL})")
     lines.append("  seconds: " + ", ".join(f"{stage} {value:.2f}" for stage, value in summary.seconds.items()))
     if summary.resumed:
-        lines.append(f"  resumed {_plural(summary.resumed, 'file')} left part-done by an interrupted run")
+        lines.append(f"  resumed {_plural(summary.resumed, 'file')} an interrupted run had begun (the rest embedded)")
     for node, times in getattr(summary, "nodes", {}).items():
         lines.append(f"  node {node}: " + ", ".join(f"{stage} {value:.2f}" for stage, value in times.items()))
     return lines
