@@ -15,6 +15,7 @@ from mmsearch import Index
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Part, decode
 from mmsearch.ingest.discover import FoundFile
 from mmsearch.ingest.pipeline import jobs
+from mmsearch.store import manifest as manifest_io
 from mmsearch.store.writer import MERGE_FACTOR, ShardWriter
 
 OPTIONS = DecodeOptions(passage_chars=60, sample_rate=8_000, window_s=1.0)
@@ -183,3 +184,25 @@ def test_checkpoints_never_show_a_group_before_it_is_whole(tmp_path: Path) -> No
         writer.commit()
     counts = Index.open(idx.path).sql("SELECT path, count(*) AS n FROM items GROUP BY path").to_pylist()
     assert {row["path"]: row["n"] for row in counts}["/big.txt"] == 4 * MERGE_FACTOR
+
+
+def test_a_merge_of_more_rows_than_a_shard_is_published_in_one_commit(tmp_path: Path, monkeypatch) -> None:
+    """Ten 15-row segments (a full tier) merge into 20-row shards: no generation in between
+    may miss rows of the segments being merged (a crash there would lose them)."""
+    idx = Index.create(tmp_path / "index", dim=4, shard_size=20)
+    rng = np.random.default_rng(0)
+    seen: list[int] = []
+    commit = manifest_io.commit
+
+    def counting(folder: Path, manifest) -> None:
+        commit(folder, manifest)
+        seen.append(Index.open(folder).sql("SELECT count(*) AS n FROM items").to_pylist()[0]["n"])
+
+    monkeypatch.setattr(manifest_io, "commit", counting)
+    with ShardWriter(idx.path) as writer:
+        for segment in range(MERGE_FACTOR):
+            rows = [{"id": int(i), "path": f"/f{segment}.txt", "modality": "text"} for i in writer.next_ids(15)]
+            writer.append(rng.standard_normal((15, 4)).astype(np.float32), rows)
+            writer.commit()
+    assert seen == sorted(seen) and seen[-1] == 15 * MERGE_FACTOR  # never fewer rows than before
+    assert len(Index.open(idx.path).manifest.shards) < MERGE_FACTOR  # the tier was merged

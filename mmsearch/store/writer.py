@@ -251,9 +251,8 @@ class ShardWriter:
             self._base_tombstones -= gone
             self._superseded -= gone
             self._stage(vectors, rows, (), None, True)
-        self._seal_full()
-        if self._buffered:
-            self._seal(self._buffered)
+        while self._buffered:  # sealed, not published: the merge becomes visible in one commit
+            self._seal(min(self._buffered, self.manifest.shard_size))
         return True
 
     def _publish(self) -> None:
