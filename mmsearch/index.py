@@ -610,7 +610,8 @@ class Index:
 
     def info(self) -> dict:
         """Model, space, counts per modality, shards and size on disk; ``incomplete_files``
-        counts files an interrupted ingest left part-done (the next ``add`` finishes them)."""
+        counts files left part-done by an interrupted ingest (the next ``add`` finishes them)
+        or by a failed part (listed in the failures)."""
         return self._read(self._info)
 
     def _info(self, snap: Snapshot) -> dict:

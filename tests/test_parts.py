@@ -206,3 +206,27 @@ def test_a_merge_of_more_rows_than_a_shard_is_published_in_one_commit(tmp_path: 
             writer.commit()
     assert seen == sorted(seen) and seen[-1] == 15 * MERGE_FACTOR  # never fewer rows than before
     assert len(Index.open(idx.path).manifest.shards) < MERGE_FACTOR  # the tier was merged
+
+
+def test_a_large_file_with_nothing_to_index_fails_once(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "blank.txt").write_text("\n \n" * 500)
+    idx = Index.create(tmp_path / "index", encoder=HashEncoder())
+    first = idx.add([folder], workers=0, part_size=300)
+    assert (first.embedded, first.failed) == (0, [(str(folder / "blank.txt"), "nothing to index (empty file)")])
+    again = idx.add([folder], workers=0, part_size=300)
+    assert (again.embedded, again.previously_failed) == (0, 1)
+
+
+def test_a_recording_shorter_than_its_header_says_keeps_what_it_holds(tmp_path: Path) -> None:
+    rate = 8_000
+    t = np.arange(rate * 40) / rate
+    whole, cut = tmp_path / "long.mp3", tmp_path / "cut.mp3"
+    soundfile.write(whole, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, subtype="MPEG_LAYER_III")
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 4])  # the header still says 40 s
+    decoded = decode(str(cut), "audio", OPTIONS)
+    assert decoded.error is None and 8 <= len(decoded.pieces) <= 12  # ~10 s of sound, no silent padding
+    assert all(piece.meta["duration_s"] > 0 for piece in decoded.pieces)
+    last = decode(str(cut), "audio", OPTIONS, Part(3, 4))
+    assert last.pieces == [] and (last.error or "").startswith("part 4 of 4: nothing to index (the file ends early?)")

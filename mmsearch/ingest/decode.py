@@ -160,12 +160,14 @@ def decode(
         with _quiet(notes):
             result.meta, result.pieces = DECODERS[decoder](data, path, options, part)
         result.parts = result.meta.pop("parts", part.count)
-        if not result.pieces and part.count == 1:  # a part of a file may hold nothing
-            raise DecodeError("nothing to index (empty file)")
+        if not result.pieces and part.index < result.parts:  # parts past those used hold nothing by design
+            raise DecodeError("nothing to index " + ("(empty file)" if result.parts == 1 else "(the file ends early?)"))
     except (DecodeError, FetchError) as exc:
         result.error = str(exc)
     except Exception as exc:  # any decoder failure is a per-file outcome, never a crash
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    if result.error is not None and result.parts > 1:
+        result.error = f"part {part.index + 1} of {result.parts}: {result.error}"
     said = _joined(notes)
     if result.error is not None:
         result.pieces = []
@@ -524,7 +526,10 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions, part: Part) -> 
         raise DecodeError(f"{_not_readable('audio', head)}: {exc.error_string}") from None
     wave = resample(samples.mean(axis=1), rate, options.sample_rate)
     meta = {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower()), "parts": part.used(units)}
-    return meta, windows(wave, options, start_s=taken.start * options.window_s, count=len(taken)) if taken else []
+    # the header's length is an estimate (MP3) or a lie (a truncated file): windows of what was read
+    read = window_count(len(wave), window) if len(wave) or not taken.start else 0
+    start_s = taken.start * options.window_s
+    return meta, windows(wave, options, start_s=start_s, count=min(len(taken), read)) if taken else []
 
 
 def _head(path: str) -> bytes:

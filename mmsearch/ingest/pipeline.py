@@ -270,7 +270,8 @@ def run(
                 result.failures.append(decoded)
                 bar.update(1)
                 continue
-            result.embedded.add(decoded.path)
+            if decoded.pieces:  # parts past those a file uses come back empty
+                result.embedded.add(decoded.path)
             own = MODALITY_OF_DECODER[decoded.decoder]
             for piece in decoded.pieces:
                 modality = piece.modality or own

@@ -155,6 +155,8 @@ def make_plan(
             plan.reuse.append(Reuse(file, content_hash, reusable[content_hash]))
         else:
             plan.embed.append(file)
+    order = {f.path: at for at, f in enumerate(files)}
+    plan.embed.sort(key=lambda f: order[f.path])  # resumed files came first: back to the order found
 
     seen = pc.is_in(known["path"], value_set=pa.array([f.path for f in files], pa.string()))
     if listed:

@@ -158,8 +158,9 @@ class Catalog:
 
     @cached_property
     def incomplete_files(self) -> int:
-        """Files an interrupted ingest left part-done: some part of theirs lacks rows (the next
-        ``index`` run embeds what is missing). Rows brought as vectors have no file to finish."""
+        """Files left part-done: some part of theirs lacks rows, because an ingest was
+        interrupted (the next ``index`` run embeds what is missing) or a part failed (see the
+        failures). Rows brought as vectors have no file to finish."""
         per_part = (
             "SELECT path, count(*) AS n, min(pieces) AS pieces, min(coalesce(parts, 1)) AS parts"
             " FROM items WHERE pieces IS NOT NULL GROUP BY path, coalesce(part, 0)"
