@@ -230,3 +230,22 @@ def test_a_recording_shorter_than_its_header_says_keeps_what_it_holds(tmp_path: 
     assert all(piece.meta["duration_s"] > 0 for piece in decoded.pieces)
     last = decode(str(cut), "audio", OPTIONS, Part(3, 4))
     assert last.pieces == [] and (last.error or "").startswith("part 4 of 4: nothing to index (the file ends early?)")
+
+
+def test_a_file_cut_short_is_embedded_whole_again_under_other_decode_options(tmp_path: Path) -> None:
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    table = folder / "captions.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["caption", "title"])
+        writer.writerows([f"caption {n}", f"title {n}"] for n in range(40))
+    idx = Index.create(tmp_path / "index", encoder=HashEncoder())
+    part_size = table.stat().st_size // 4 + 1
+    with pytest.raises(KeyboardInterrupt):
+        Index.open(idx.path, encoder=CrashAfter(4)).add([folder], workers=0, part_size=part_size, checkpoint_s=0)
+    after = Index.open(idx.path, encoder=HashEncoder())
+    assert 0 < len(_texts(after)) < 40
+    summary = after.add([folder], workers=0, part_size=part_size, text_column="title")
+    assert summary.resumed == 0 and summary.vectors == 40
+    assert sorted(text for _, text in _texts(after)) == sorted(f"title {n}" for n in range(40))

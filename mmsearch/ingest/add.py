@@ -24,6 +24,7 @@ from mmsearch.ingest.discover import FoundFile, check_roots, walk
 from mmsearch.ingest.plan import Plan, make_plan, mtime_us
 from mmsearch.ingest.sources import check_lists
 from mmsearch.models.base import Encoder
+from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
@@ -172,6 +173,7 @@ def prepare(
         else:
             summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
     plan = make_plan(found, known, old_failures, roots, decoding.fingerprint(), unreadable, listed=listed)
+    _resume_only_alike(plan, manifest, decoding.fingerprint(), stored.catalog.incomplete_files)
     summary.found = len(found)
     summary.reused = len(plan.reuse)
     summary.unchanged = plan.unchanged
@@ -180,6 +182,16 @@ def prepare(
     summary.resumed = len(plan.resume)
     summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
     return Prepared(plan, decoding, stored, encoder)
+
+
+def _resume_only_alike(plan: Plan, manifest: Manifest, fingerprint: str, incomplete: int) -> None:
+    """Resume files cut short only under the decode options that cut them (else their parts
+    would lie on two grids): ``manifest.decoding`` names the options every part-done file of
+    the index was decoded with, or is ``None`` once part-done files of other options may
+    remain. Under other options, files cut short are embedded whole again."""
+    if manifest.decoding != fingerprint:
+        plan.redo_cut_short()
+    manifest.decoding = fingerprint if incomplete == 0 or manifest.decoding == fingerprint else None
 
 
 def finish(writer: ShardWriter, prepared: Prepared, summary: AddSummary) -> float:

@@ -68,6 +68,7 @@ class Manifest:
     max_memory: int | None = None  # bytes the ``auto`` recipe may spend on the index's vectors (None: no budget)
     audio_space_id: str | None = None
     inputs: dict | None = None  # modalities and decode settings of the model (None: vector-only or unknown)
+    decoding: str | None = None  # decode options every part-done file was decoded with (None: unknown or mixed)
     shards: list[ShardInfo] = field(default_factory=list)
     deletions: str | None = None  # file in shards/ holding the sorted deleted ids
     deleted: int = 0
