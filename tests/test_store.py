@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmsearch.errors import IndexFormatError, IndexNotFoundError
@@ -43,3 +44,17 @@ def test_manifest_from_the_future_is_refused(tmp_path: Path) -> None:
 def test_missing_index(tmp_path: Path) -> None:
     with pytest.raises(IndexNotFoundError, match="no index"):
         manifest.load(tmp_path / "nothing")
+
+
+def test_deletions_are_rewritten_when_the_set_changes_at_the_same_size(tmp_path: Path) -> None:
+    m = manifest.Manifest(model=None, space_id="s", dim=4, recipe="auto", shard_size=10)
+    (tmp_path / "shards").mkdir()
+    m.tombstones = np.array([1, 2, 3])
+    manifest.commit(tmp_path, m)
+    m.tombstones = np.array([4, 5, 6])  # three rows become visible, three others are hidden
+    manifest.commit(tmp_path, m)
+    assert manifest.load(tmp_path).tombstones.tolist() == [4, 5, 6]
+    m.tombstones = np.array([4, 5, 6])
+    name = m.deletions
+    manifest.commit(tmp_path, m)
+    assert m.deletions == name  # unchanged: not written again

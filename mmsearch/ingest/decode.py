@@ -11,8 +11,10 @@ descriptor 2) is kept as the file's ``notes`` instead of reaching the terminal.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -442,15 +444,52 @@ def passages(text: str, max_chars: int) -> list[tuple[int, str]]:
 
 
 def decode_text(data: bytes, path: str, options: DecodeOptions, part: Part) -> tuple[dict, list[Piece]]:
-    """Plain text or Markdown: one piece per passage (of ``part``'s share), with its character offset."""
-    text = _utf8(data)
+    """Plain text or Markdown: one piece per passage, with its character offset in the file.
+
+    A part decodes only its own byte range, cut at blank lines (which passages never
+    cross), so its passages and offsets are exactly the whole file's there; a text without
+    blank lines is not cut."""
     fmt = "markdown" if path.lower().endswith((".md", ".markdown")) else "text"
-    chunks = passages(text, options.passage_chars)
-    taken = part.units(len(chunks))
+    ranges = _paragraph_ranges(data, part.count)
+    if part.index >= len(ranges):
+        return {"format": fmt, "parts": len(ranges)}, []
+    start, end = ranges[part.index]
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    before = _chars(data, start) - (1 if bom and start else 0)  # the BOM is no character of the text
+    text = _utf8(data[start:end])
     pieces = [
-        Piece(chunk, {"text": chunk, "char_offset": offset}) for offset, chunk in chunks[taken.start : taken.stop]
+        Piece(chunk, {"text": chunk, "char_offset": before + offset})
+        for offset, chunk in passages(text, options.passage_chars)
     ]
-    return {"format": fmt, "parts": part.used(len(chunks))}, pieces
+    return {"format": fmt, "parts": len(ranges)}, pieces
+
+
+BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+VISIBLE = re.compile(rb"\S")
+
+
+def _paragraph_ranges(data: bytes, count: int) -> list[tuple[int, int]]:
+    """``count`` byte ranges of about equal size covering ``data``, each starting after a
+    blank line; a range of only whitespace joins the one before (fewer parts when blank
+    lines or words are scarce)."""
+    cuts = [0]
+    for nominal in (len(data) * k // count for k in range(1, count)):
+        found = BLANK_LINE.search(data, max(nominal, cuts[-1]))
+        cuts.append(found.end() if found else len(data))
+    cuts.append(len(data))
+    ranges = [(0, cuts[1])]
+    for start, end in itertools.pairwise(cuts[1:]):
+        if VISIBLE.search(data, start, end) and VISIBLE.search(data, *ranges[-1]):
+            ranges.append((start, end))
+        else:  # nothing to read on one side: one range
+            ranges[-1] = (ranges[-1][0], end)
+    return ranges
+
+
+def _chars(data: bytes, end: int) -> int:
+    """Characters in the UTF-8 bytes ``data[:end]``: every byte that does not continue one."""
+    head = np.frombuffer(data, dtype=np.uint8, count=end)
+    return int(np.count_nonzero((head & 0xC0) != 0x80))
 
 
 def _table(data: bytes, path: str):

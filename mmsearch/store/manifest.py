@@ -82,6 +82,7 @@ class Manifest:
     updated_at: str = field(default_factory=lambda: _now())
 
     tombstones: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)
+    written: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)  # on disk
 
     def check_encoder(self, encoder: object) -> None:
         """Refuse an encoder (``spec``, ``space_id``, ``audio_space_id``) of another space."""
@@ -96,6 +97,7 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("tombstones")
+        data.pop("written")
         return json.dumps(data, indent=1).encode()
 
     @classmethod
@@ -103,7 +105,7 @@ class Manifest:
         data = dict(data)
         pending = data.pop("pending_tombstones", [])
         data["shards"] = [ShardInfo(**shard) for shard in data.get("shards", [])]
-        known = {f.name for f in fields(cls)} - {"tombstones"}
+        known = {f.name for f in fields(cls)} - {"tombstones", "written"}
         manifest = cls(**{k: v for k, v in data.items() if k in known})
         manifest.tombstones = np.unique(np.asarray(pending, dtype=np.int64))
         return manifest
@@ -143,7 +145,7 @@ def load(index_dir: Path) -> Manifest:
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path} is damaged: {exc}") from exc
     if manifest.deletions:
-        manifest.tombstones = _read_deletions(Path(index_dir) / SHARDS_DIR / manifest.deletions)
+        manifest.tombstones = manifest.written = _read_deletions(Path(index_dir) / SHARDS_DIR / manifest.deletions)
     return manifest
 
 
@@ -161,14 +163,16 @@ def _read_deletions(path: Path) -> np.ndarray:
 
 def commit(index_dir: Path, manifest: Manifest) -> None:
     """Bump the generation and atomically replace the manifest (writing the deletions
-    file first when the deleted ids changed)."""
+    file first when the deleted ids changed: the set, not only their number, for hidden
+    rows of a file still arriving give way to others)."""
     manifest.generation += 1
     manifest.updated_at = _now()
     tombstones = np.unique(manifest.tombstones)
-    if len(tombstones) != manifest.deleted or (len(tombstones) and not manifest.deletions):
+    if not np.array_equal(tombstones, manifest.written) or (len(tombstones) and not manifest.deletions):
         manifest.deletions = f"deletions-{manifest.generation:06d}.i64" if len(tombstones) else None
         if manifest.deletions:
             target = Path(index_dir) / SHARDS_DIR / manifest.deletions
             atomic_write(target, lambda tmp: tmp.write_bytes(tombstones.astype("<i8").tobytes()))
-    manifest.tombstones, manifest.deleted = tombstones, len(tombstones)
+    manifest.tombstones = manifest.written = tombstones
+    manifest.deleted = len(tombstones)
     atomic_write_bytes(manifest_path(index_dir), manifest.to_json())
