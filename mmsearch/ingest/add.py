@@ -123,7 +123,7 @@ def add_files(
             sink = _Sink(writer, {f.path: f for f in plan.embed}, plan.replaces, planned, options.checkpoint_s)
             result = pipeline.run(planned, encoder, sink, decoding, options.workers, options.progress)
         summary.seconds |= result.times.as_dict()
-        summary.failed = list({d.path: (d.path, d.error or "") for d in reversed(result.failures)}.values())[::-1]
+        summary.failed = _first_failure_per_file(result.failures)
         summary.seconds["write"] += finish(writer, prepared, summary)
 
     summary.embedded = len(result.embedded)
@@ -182,6 +182,14 @@ def prepare(
     summary.resumed = len(plan.resume)
     summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
     return Prepared(plan, decoding, stored, encoder)
+
+
+def _first_failure_per_file(failures: Sequence[Decoded]) -> list[tuple[str, str]]:
+    """(path, reason) once per file, in the order they failed (a file in parts may fail in several)."""
+    first: dict[str, str] = {}
+    for decoded in failures:
+        first.setdefault(decoded.path, decoded.error or "")
+    return list(first.items())
 
 
 def _resume_only_alike(plan: Plan, manifest: Manifest, fingerprint: str, incomplete: int) -> None:
