@@ -454,8 +454,8 @@ def decode_text(data: bytes, path: str, options: DecodeOptions, part: Part) -> t
     if part.index >= len(ranges):
         return {"format": fmt, "parts": len(ranges)}, []
     start, end = ranges[part.index]
-    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    before = _chars(data, start) - (1 if bom and start else 0)  # the BOM is no character of the text
+    bom = start > 0 and data.startswith(codecs.BOM_UTF8)
+    before = _chars(data, start) - bom  # the BOM is no character of the text
     text = _utf8(data[start:end])
     pieces = [
         Piece(chunk, {"text": chunk, "char_offset": before + offset})

@@ -132,7 +132,9 @@ def default_workers(n_jobs: int, heavy: bool = False) -> int:
     return max(1, min(32, os.cpu_count() or 1))
 
 
-def _decoded(jobs: Sequence[Job], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
+def _decoded(jobs: Sequence[Job], options: DecodeOptions, workers: int, split: bool) -> Iterator[Decoded]:
+    """Decoded jobs in order; when some file is ``split``, parts go to workers one at a time,
+    so one file's parts spread over them."""
     work = partial(_decode_job, options=options)
     if workers == 0:
         yield from map(work, _hashed(jobs))
@@ -141,7 +143,6 @@ def _decoded(jobs: Sequence[Job], options: DecodeOptions, workers: int) -> Itera
     with _main_script_hidden():
         pool = context.Pool(workers)
     with pool:
-        split = any(job.part.count > 1 for job in jobs)  # parts of one file are spread over the workers
         yield from pool.imap(work, _hashed(jobs), chunksize=1 if split else 4)
 
 
@@ -263,7 +264,7 @@ def run(
     unit = "part" if split else "file"
     bar = tqdm(total=len(planned), unit=unit, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar, _encoder_threads(workers):
-        for decoded in _decoded(planned, options, workers):
+        for decoded in _decoded(planned, options, workers, split):
             result.times.decode += decoded.seconds
             sink.expect(decoded)
             if decoded.error is not None:

@@ -101,6 +101,8 @@ def make_plan(
     per_path = per_part.group_by("path").aggregate(
         [("done", "sum"), ("parts_min", "min"), ("size_min", "min"), ("mtime_us_min", "min")]
     )
+    whole = pc.fill_null(pc.equal(per_path["done_sum"], pc.cast(per_path["parts_min_min"], pa.int64())), False)
+    per_path = per_path.append_column("whole", whole)
     looked_up = pa.table(
         {
             "path": pa.array([f.path for f in files], pa.string()),
@@ -109,7 +111,7 @@ def make_plan(
             "stamp_mtime": pa.array([mtime_us(f) for f in files], pa.int64()),
         }
     ).join(per_path, "path", join_type="left outer")
-    complete = pc.fill_null(pc.equal(looked_up["done_sum"], pc.cast(looked_up["parts_min_min"], pa.int64())), False)
+    complete = pc.fill_null(looked_up["whole"], False)  # null: never indexed
     same = pc.and_(
         pc.equal(looked_up["size_min_min"], looked_up["stamp_size"]),
         pc.equal(looked_up["mtime_us_min_min"], looked_up["stamp_mtime"]),
@@ -147,9 +149,7 @@ def make_plan(
             plan.replaces[file.path] = stored_ids[file.path]
         hashable = file.size in sizes and file.size > 0  # 0: empty (never indexed), missing or remote
         candidates.append((file, file_digest(file.path) if hashable else None))
-    whole = pc.equal(per_path["done_sum"], pc.cast(per_path["parts_min_min"], pa.int64()))
-    complete_paths = per_path.filter(pc.fill_null(whole, False))["path"]
-    reusable = _complete_ids_by_hash(known, complete_paths, {h for _, h in candidates if h})
+    reusable = _complete_ids_by_hash(known, per_path.filter(whole)["path"], {h for _, h in candidates if h})
     for file, content_hash in candidates:
         if content_hash in reusable:
             plan.reuse.append(Reuse(file, content_hash, reusable[content_hash]))

@@ -71,7 +71,6 @@ class Manifest:
     decoding: str | None = None  # decode options every part-done file was decoded with (None: unknown or mixed)
     shards: list[ShardInfo] = field(default_factory=list)
     deletions: str | None = None  # file in shards/ holding the sorted deleted ids
-    deleted: int = 0
     failures: str | None = None
     retired: dict[str, float] = field(default_factory=dict)  # file name -> when a commit stopped naming it
     next_id: int = 0
@@ -174,5 +173,4 @@ def commit(index_dir: Path, manifest: Manifest) -> None:
             target = Path(index_dir) / SHARDS_DIR / manifest.deletions
             atomic_write(target, lambda tmp: tmp.write_bytes(tombstones.astype("<i8").tobytes()))
     manifest.tombstones = manifest.written = tombstones
-    manifest.deleted = len(tombstones)
     atomic_write_bytes(manifest_path(index_dir), manifest.to_json())
