@@ -10,7 +10,7 @@ import pytest
 
 from mmsearch.errors import FilterError
 from mmsearch.store.catalog import Catalog
-from mmsearch.store.schema import items_table
+from mmsearch.store.schema import ITEM_SCHEMA, items_table
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,15 @@ def test_runaway_user_sql_is_interrupted(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(FilterError, match="stopped after"):
         fresh.ids_where("(SELECT count(*) FROM range(1000000) a, range(1000000) b) > 0")
     assert fresh.query("SELECT count(*) AS n FROM items").to_pylist() == [{"n": 1}]
+
+
+def test_columns_left_out_read_as_typed_nulls() -> None:
+    rows = [{"id": i, "modality": "image", "path": f"/p/{i}.png", "width": i} for i in (5, 3, 9)]
+    narrow = items_table(rows).select(["id", "modality", "path", "width"])  # as a snapshot reads an index
+    catalog = Catalog(narrow)
+    assert catalog.query("SELECT * FROM items").column_names == ITEM_SCHEMA.names
+    types = catalog.query("SELECT typeof(taken_at) AS t, typeof(char_offset) AS c FROM items LIMIT 1").to_pylist()
+    assert types == [{"t": "TIMESTAMP_S", "c": "BIGINT"}]
+    assert catalog.ids_where("year(taken_at) = 2020 OR width > 4").tolist() == [5, 9]
+    got = catalog.rows([9, 3])
+    assert list(got[9]) == ITEM_SCHEMA.names and got[9]["text"] is None and got[3]["width"] == 3

@@ -13,6 +13,7 @@ import pytest
 from mmsearch import Index
 from mmsearch.errors import UserInputError
 from mmsearch.store import manifest as manifest_io
+from mmsearch.store.schema import ITEM_SCHEMA
 
 DIM = 32
 
@@ -212,6 +213,9 @@ def test_items_by_id(tmp_path: Path) -> None:
     idx.remove_ids([ids[1]])
     found = idx.items([ids[3], ids[1], 999])
     assert list(found) == [ids[3]] and found[ids[3]]["path"] == "item-3"
+    assert found[ids[3]]["width"] == 3 and list(found[ids[3]]) == ITEM_SCHEMA.names
+    held = idx.refresh().catalog.items.column_names  # columns null in every row are not read into memory
+    assert held == ["id", "modality", "path", "width", "extra"]
 
 
 def test_overfetch_falls_back_when_the_nearest_rows_are_all_deleted(tmp_path: Path) -> None:

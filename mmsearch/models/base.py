@@ -51,7 +51,7 @@ class AudioPart:
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Return float32 rows of unit length (zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # np.linalg.norm: ~3x the call overhead
     return vectors / np.maximum(norms, 1e-12)
 
 

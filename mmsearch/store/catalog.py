@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from mmsearch.errors import FilterError
-from mmsearch.store.schema import FAILURE_SCHEMA
+from mmsearch.store.rows import RowReader
+from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}  # EXPLAIN ANALYZE would run a COPY
 SANDBOX = (
@@ -51,12 +52,19 @@ class Catalog:
     """The live items and the failures of one generation, queryable with SQL."""
 
     def __init__(self, items: pa.Table, failures: pa.Table | None = None) -> None:
-        """``items``: every live row (tombstones already removed); ``failures``: failed files."""
+        """``items``: every live row (tombstones already removed), with ``id`` and any of the
+        other item columns (those left out read as typed nulls in SQL and in rows: an index
+        holds ~20 columns that are null in every row, and materialised they cost more memory
+        than the rest of its metadata); ``failures``: failed files."""
         self.items = items
         self.failures = failures if failures is not None else FAILURE_SCHEMA.empty_table()
-        ids = items.column("id").to_numpy().astype(np.int64)
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted_ids = ids[self._order]
+        ids = items.column("id").combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if np.all(ids[1:] > ids[:-1]):  # ids are assigned in order: the usual case, no copy needed
+            self._order: np.ndarray | None = None
+            self._sorted_ids = ids
+        else:
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted_ids = ids[self._order]
         self._local = threading.local()
         self.ids_where = lru_cache(maxsize=FILTER_CACHE_SIZE)(self._ids_where)
 
@@ -66,7 +74,14 @@ class Catalog:
         con = getattr(self._local, "con", None)
         if con is None:
             con = duckdb.connect()
-            con.register("items", self.items)
+            con.register("stored_items", self.items)
+            con.register("item_types", ITEM_SCHEMA.empty_table())
+            types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE item_types)").fetchall())
+            columns = ", ".join(
+                name if name in self.items.column_names else f"CAST(NULL AS {types[name]}) AS {name}"
+                for name in ITEM_SCHEMA.names
+            )
+            con.execute(f"CREATE VIEW items AS SELECT {columns} FROM stored_items")
             con.register("failures", self.failures)
             for statement in SANDBOX:
                 con.execute(statement)
@@ -98,26 +113,15 @@ class Catalog:
         at = np.searchsorted(self._sorted_ids, wanted)
         at = np.minimum(at, max(len(self._sorted_ids) - 1, 0))
         found = self._sorted_ids[at] == wanted if len(self._sorted_ids) else np.zeros(len(wanted), bool)
-        return self._order[at[found]]
+        return at[found] if self._order is None else self._order[at[found]]
 
     def rows(self, ids: Sequence[int]) -> dict[int, dict]:
-        """Metadata rows keyed by id, read by position (no scan). Only columns holding a value
-        somewhere are taken (Arrow's take costs ~30 µs a column, and most columns of an index
-        are empty: vectors have no text, images no offsets); the others are ``None``."""
-        filled, blank = self._filled
-        taken = filled.take(pa.array(self.positions(ids), pa.int64())).to_pylist()
-        return {row["id"]: blank | row if blank else row for row in taken}
+        """Metadata rows keyed by id, read by position (no scan)."""
+        return {row["id"]: row for row in self._reader(self.positions(ids))}
 
     @cached_property
-    def _filled(self) -> tuple[pa.StructArray, dict[str, None]]:
-        """The columns with at least one value as one struct array (one ``take`` for all of
-        them, and a faster ``to_pylist`` than a table's), and every column name mapped to
-        ``None`` (empty when every column has values), in the items' column order."""
-        names = self.items.column_names
-        filled = [n for n in names if n == "id" or self.items.column(n).null_count < self.items.num_rows]
-        columns = [self.items.column(n).combine_chunks() for n in filled]
-        struct = pa.StructArray.from_arrays(columns, names=filled)
-        return struct, dict.fromkeys(names) if len(filled) < len(names) else {}
+    def _reader(self) -> RowReader:
+        return RowReader(self.items, ITEM_SCHEMA.names)
 
     def ids_under(self, paths: Sequence[str]) -> np.ndarray:
         """Ids of live items at or below ``paths``."""

@@ -7,7 +7,7 @@ apply) so adding a modality never needs a migration.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pyarrow as pa
 
@@ -53,15 +53,17 @@ FAILURE_SCHEMA = pa.schema(
 )
 
 
-def conform_items(table: pa.Table) -> pa.Table:
-    """A stored items table in the current schema: columns added since it was written are null."""
-    if table.schema.equals(ITEM_SCHEMA):
+def conform_items(table: pa.Table, names: Collection[str] | None = None) -> pa.Table:
+    """A stored items table in the current schema: columns added since it was written are
+    null. ``names``: keep only these columns (in schema order)."""
+    fields = [f for f in ITEM_SCHEMA if names is None or f.name in names]
+    if table.schema.equals(ITEM_SCHEMA) and len(fields) == len(ITEM_SCHEMA):
         return table
     columns = [
         table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in ITEM_SCHEMA
+        for f in fields
     ]
-    return pa.Table.from_arrays(columns, schema=ITEM_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def items_table(rows: list[dict]) -> pa.Table:

@@ -7,7 +7,7 @@ means writing a new one and committing a manifest that names it instead.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -164,9 +164,35 @@ class Shard:
             raise ShardDamagedError(self.parquet_file, f"{table.num_rows} rows, the manifest says {self.info.rows}")
         return table
 
-    def table(self) -> pa.Table:
-        """The shard's metadata in the current items schema."""
-        return conform_items(self._read_table())
+    def table(self, columns: Collection[str] | None = None) -> pa.Table:
+        """The shard's metadata in the current items schema (only ``columns``, if given)."""
+        stored = None if columns is None else [c for c in self._stored_columns if c in columns]
+        return conform_items(self._read_table(columns=stored), columns)
+
+    @cached_property
+    def _stored_columns(self) -> list[str]:
+        return self._footer.schema.to_arrow_schema().names
+
+    @cached_property
+    def _footer(self) -> pq.FileMetaData:
+        try:
+            return pq.read_metadata(self.parquet_file)
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardDamagedError(self.parquet_file, str(exc)) from None
+
+    def valued_columns(self) -> set[str]:
+        """Columns holding a value in some row, from the Parquet footer's statistics (a column
+        without statistics counts as valued): the others need not be read at all."""
+        footer = self._footer
+        valued = set()
+        for group in range(footer.num_row_groups):
+            row_group = footer.row_group(group)
+            for position in range(row_group.num_columns):
+                chunk = row_group.column(position)
+                stats = chunk.statistics
+                if stats is None or not stats.has_null_count or stats.null_count < chunk.num_values:
+                    valued.add(chunk.path_in_schema)
+        return valued
 
     def select(self, ids: Iterable[int], *, exclude: bool = False) -> tuple[np.ndarray, pa.Table]:
         """Vectors and aligned metadata of this shard's ids in ``ids`` (not in them, with ``exclude``)."""

@@ -27,6 +27,7 @@ from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
 from mmsearch.store.shard import SHARDS_DIR, RowFilter, Shard
 
 Stamp = tuple[int, int, int]
+KEPT_COLUMNS = ("id", "modality", "path")  # read by the engine itself, even where all null
 
 
 def manifest_stamp(index_dir: Path) -> Stamp:
@@ -80,7 +81,9 @@ class Snapshot:
         return self._catalog
 
     def _live_items(self) -> pa.Table:
-        tables = [shard.table() for shard in self.shards]
+        """The live rows, without the columns that are null in every row (see :class:`Catalog`)."""
+        valued = set().union(KEPT_COLUMNS, *(shard.valued_columns() for shard in self.shards))
+        tables = [shard.table(valued) for shard in self.shards]
         items = pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
         if len(self.tombstones):
             items = items.filter(pc.invert(pc.is_in(items.column("id"), pa.array(self.tombstones))))
