@@ -43,9 +43,10 @@ def _search_shard(shard: Shard, queries: np.ndarray, k: int, rows: RowFilter | N
         return _score_rows(shard, queries, k, rows.rows)
     if rows.share >= OVERFETCH_SHARE:
         scores, found = shard.search(queries, math.ceil(k / rows.share) + OVERFETCH_MARGIN)
-        keep = (found >= 0) & rows.mask[np.maximum(found, 0)]
-        if (keep.sum(axis=1) >= k).all():  # more than k rows are allowed (else scored exactly above)
-            first = keep & (np.cumsum(keep, axis=1) <= k)  # each query's first k allowed, in score order
+        keep = rows.mask[found] if found.min(initial=0) >= 0 else (found >= 0) & rows.mask[np.maximum(found, 0)]
+        counts = np.cumsum(keep, axis=1)
+        if (counts[:, -1] >= k).all():  # more than k rows are allowed (else scored exactly above)
+            first = keep & (counts <= k)  # each query's first k allowed, in score order
             return _found(shard, scores[first].reshape(len(queries), k), found[first].reshape(len(queries), k))
     widen = 1.0 if exact else min(1.0 / rows.share, MAX_WIDEN)
     return _found(shard, *shard.search(queries, k, rows.selector, widen))
