@@ -223,6 +223,14 @@ def index(
             metavar="SECONDS", help="Commit finished files and parts at least this often: what a crash may cost."
         ),
     ] = CHECKPOINT_S,
+    rerank_features: Annotated[
+        bool,
+        typer.Option(
+            "--rerank-features",
+            help="Then compute the default re-ranker's per-item features for items that lack them and keep them "
+            "in the index: re-ranked queries never re-read a candidate's file.",
+        ),
+    ] = False,
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -258,6 +266,8 @@ def index(
     idx = Index.open_or_create(path, model, shard_size=shard_size, recipe=recipe, device=device, max_memory=budget)
     if budget is not None and idx.manifest.max_memory != budget:
         raise UserInputError(f"index {path} already exists; set its memory budget with `mmsearch compact --max-memory`")
+    if rerank_features:
+        idx.reranker()  # an index without a default re-ranker fails here, before the ingest
     summary = idx.add(
         paths,
         workers=workers,
@@ -271,11 +281,17 @@ def index(
         part_size=part_bytes,
         checkpoint_s=checkpoint_every,
     )
+    prepared = idx.prepare_rerank(progress=sys.stderr.isatty() and not json_out) if rerank_features else None
     if json_out:
-        _print_json(summary.to_dict())
+        _print_json(summary.to_dict() | ({"rerank_features": prepared.to_dict()} if prepared else {}))
         return
     for line in _summary_lines(summary, idx.manifest.model):
         typer.echo(line)
+    if prepared:
+        typer.echo(
+            f"  re-ranker features ({prepared.reranker}): {prepared.computed} computed, {prepared.stored} already "
+            f"kept, {prepared.unreadable} unreadable"
+        )
 
 
 def _summary_lines(summary: AddSummary, model: str) -> list[str]:

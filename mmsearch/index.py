@@ -34,6 +34,7 @@ from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
 from mmsearch.rerank.base import Reranker
+from mmsearch.rerank.prepare import Prepared
 from mmsearch.search import embed, searcher, segments
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -446,14 +447,29 @@ class Index:
         return self._search(np.atleast_2d(query_vector), returned, k, where, min_score, group)[0]
 
     def reranker(self, spec: str | None = None) -> Reranker:
-        """The re-ranker ``spec`` (default: the one for this index's model), loaded once."""
+        """The re-ranker ``spec`` (default: the one for this index's model), loaded once, reading
+        the per-item features this index keeps for it (see :meth:`prepare_rerank`)."""
         from mmsearch.rerank import registry as rerankers
+        from mmsearch.rerank.store import FeatureStore, store_dir
 
         spec = spec or rerankers.default_reranker(self._manifest.model)
         with self._encoder_lock:
             if spec not in self._rerankers:
-                self._rerankers[spec] = rerankers.load_reranker(spec, self.device)
+                reranker = rerankers.load_reranker(spec, self.device)
+                if reranker.feature_space is not None:
+                    reranker.use_store(FeatureStore(store_dir(self.path, reranker.feature_space)))
+                self._rerankers[spec] = reranker
             return self._rerankers[spec]
+
+    def prepare_rerank(self, spec: str | None = None, *, progress: bool = False) -> Prepared:
+        """Compute the re-ranker's per-item features (default re-ranker: the one for this index's
+        model) for every item that lacks them and keep them in the index, so a re-ranked query
+        never re-reads a candidate's file: what ``mmsearch index --rerank-features`` does after
+        the ingest. Items already prepared cost a ``stat``."""
+        from mmsearch.rerank.prepare import prepare
+
+        reranker = self.reranker(spec)
+        return prepare(self.path, self.refresh().catalog, reranker, progress=progress)
 
     def search_batch(
         self,

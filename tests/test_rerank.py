@@ -501,3 +501,38 @@ def test_server_takes_the_same_fields(built: dict) -> None:
             assert wrong.status_code == 400 and "text query" in wrong.json()["error"]
     finally:
         running.stop()
+
+
+def test_features_prepared_at_ingest_judge_without_reading_files(tmp_path: Path) -> None:
+    world.generate_world(tmp_path / "world", 12, SEED + 1, sounds=True)
+    folders = [str(tmp_path / "world" / "images"), str(tmp_path / "world" / "sounds")]
+    folder = str(tmp_path / "index")
+    done = run_cli("index", *folders, "--index", folder, "--model", "demo", "--rerank-features", "--json")
+    assert done.returncode == 0, done.stderr
+    prepared = json.loads(done.stdout)["rerank_features"]
+    index = Index.open(folder)
+    distinct = "SELECT count(DISTINCT (content_hash, offset_s)) AS n FROM items WHERE modality IN ('image', 'audio')"
+    assert prepared["computed"] == index.sql(distinct)["n"][0].as_py() > 12
+    assert prepared["stored"] == 0 and prepared["unreadable"] == 0
+
+    query = "a red circle"
+    stored = [(h.id, h.match_prob) for h in index.search(query, k=6, rerank=True, rerank_depth=12)]
+    assert len(index.reranker().cache) == 0  # every candidate came from the index's store: nothing computed
+    from_files = Index.open(folder).reranker()
+    from_files.use_store(None)
+    judged = stage.rerank(from_files, Query("text", query), index.search(query, k=12), 6)
+    assert len(from_files.cache) == 12  # these were computed from the files
+    assert [i for i, _ in stored] == [hit.id for hit in judged]
+    assert np.allclose([p for _, p in stored], [hit.match_prob for hit in judged], atol=1e-6)
+
+    again = run_cli("index", *folders, "--index", folder, "--rerank-features", "--json")
+    assert (
+        json.loads(again.stdout)["rerank_features"] | {"stored": prepared["computed"], "computed": 0}
+        == (json.loads(again.stdout)["rerank_features"])
+    )
+
+
+def test_rerank_features_need_a_reranker_for_the_model(tmp_path: Path) -> None:
+    index = Index.create(tmp_path / "vectors", dim=8)
+    with pytest.raises(UserInputError, match="no default re-ranker"):
+        index.prepare_rerank()

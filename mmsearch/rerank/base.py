@@ -5,7 +5,8 @@ candidate together (cross-attention, an ITM head) and returns the probability th
 candidate matches. It re-reads each candidate from its file; a re-ranker may keep what it
 computed per item in memory (the demo one does, :mod:`mmsearch.rerank.cache`), keyed by the
 file's content hash (the catalog's, see :class:`Candidate`) so an edited file is judged
-afresh. Nothing is stored in the index.
+afresh, and on disk beside the index when it names a ``feature_space``
+(:mod:`mmsearch.rerank.store`, filled by ``mmsearch index --rerank-features``).
 Subclasses set ``spec`` and ``pairs`` and implement :meth:`Reranker._match_probs`.
 """
 
@@ -14,10 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmsearch.errors import UserInputError
+
+if TYPE_CHECKING:
+    from mmsearch.rerank.cache import Features
+    from mmsearch.rerank.store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,17 @@ class Reranker(ABC):
 
     spec: str
     pairs: frozenset[tuple[str, str]]  # (query modality, item modality) it can judge
+    feature_space: str | None = None  # names what stored per-item features depend on; None: none are stored
+    store: FeatureStore | None = None
+
+    def use_store(self, store: FeatureStore | None) -> None:
+        """Look candidates' features up in ``store`` before computing them (where ``feature_space`` is set)."""
+        self.store = store
+
+    def encode(self, candidates: Sequence[Candidate], modality: str) -> list[tuple[Features, str] | None]:
+        """Per candidate, its per-item features and the sha256 of the bytes they came from
+        (``None``: unreadable): what a :class:`FeatureStore` keeps."""
+        raise UserInputError(f"re-ranker {self.spec!r} keeps no per-item features")
 
     def supports(self, query_modality: str, item_modality: str) -> bool:
         return (query_modality, item_modality) in self.pairs

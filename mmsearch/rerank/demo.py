@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from mmsearch.errors import ModelError
+from mmsearch.hashing import file_digest
 from mmsearch.models.spec import DEMO_DIR
 from mmsearch.preprocess import normalise
 from mmsearch.rerank.base import Candidate, Query, Reranker
-from mmsearch.rerank.cache import FeatureCache, Features, content_key, item_key
+from mmsearch.rerank.cache import FeatureCache, Features, Key, content_key, item_key
 from mmsearch.rerank.calibration import PerModality
 from mmsearch.rerank.cross import CrossConfig, CrossMatcher
 from mmsearch.rerank.inputs import audio_windows, image_crops
@@ -113,7 +114,8 @@ class DemoReranker(Reranker):
     Per-item features (the matcher's encoded item tokens and the tower embedding, about
     4.6 kB per image or sound window) are kept in a :class:`~mmsearch.rerank.cache.FeatureCache`
     of at most ``cache_bytes`` (default 64 MiB, about 14,000 items; 0 turns it off), so a
-    warm process judges known candidates without re-reading and re-encoding them.
+    warm process judges known candidates without re-reading and re-encoding them; those
+    computed at ingest are read from the index's :class:`~mmsearch.rerank.store.FeatureStore`.
     """
 
     pairs = frozenset({("text", "image"), ("text", "audio")})
@@ -132,6 +134,7 @@ class DemoReranker(Reranker):
         self.towers = DemoTowers(device)
         self.matcher, self.calibration = load_matcher(config, weights, device)
         self.cache = FeatureCache(cache_bytes)
+        self.feature_space = f"demo-{file_digest(weights)[:16]}"  # the towers ship with the matcher's weights
         self._texts: OrderedDict[str, TextFeatures] = OrderedDict()
         self._texts_lock = threading.Lock()
 
@@ -199,7 +202,7 @@ class DemoReranker(Reranker):
         probs = np.zeros(len(candidates))
         modality = candidates[0].modality
         keys = [item_key(c) for c in candidates]
-        features = [None if key is None else self.cache.get(key) for key in keys]
+        features = [None if key is None else self._known(key) for key in keys]
         missing = [i for i, found in enumerate(features) if found is None]
         if missing:
             for i, fresh in zip(missing, self.encode([candidates[i] for i in missing], modality), strict=True):
@@ -213,6 +216,13 @@ class DemoReranker(Reranker):
         vectors = torch.from_numpy(np.stack([features[i][1] for i in readable])).to(self.device)  # type: ignore[index]
         probs[readable] = self.calibration(self.logits(query.value, memory, vectors), modality)
         return probs
+
+    def _known(self, key: Key) -> Features | None:
+        """Features computed before: in this process (the cache), or at ingest (the store)."""
+        found = self.cache.get(key)
+        if found is None and self.store is not None:
+            found = self.store.get(key)
+        return found
 
 
 def load(name: str, device: str) -> DemoReranker:

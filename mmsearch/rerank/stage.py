@@ -43,16 +43,20 @@ def check(depth: int, min_prob: float | None) -> None:
 
 def candidate_of(hit: SearchResult) -> Candidate:
     """The hit as a re-ranker sees it, with the catalog's content hash, size and mtime."""
-    row = hit.metadata
+    return candidate_of_row(hit.metadata)
+
+
+def candidate_of_row(row: dict) -> Candidate:
+    """A catalog row as a re-ranker sees it (see :func:`candidate_of`)."""
     mtime, size = row.get("mtime"), row.get("size")
     stamp = None
     if isinstance(mtime, datetime) and size is not None:  # else the cache hashes the file for its key
         aware = mtime if mtime.tzinfo is not None else mtime.replace(tzinfo=timezone.utc)
         stamp = (int(size), (aware - EPOCH) // timedelta(microseconds=1))
     return Candidate(
-        hit.id,
-        hit.path,
-        hit.modality,
+        row["id"],
+        row["path"],
+        row["modality"],
         row.get("text"),
         float(row.get("offset_s") or 0.0),
         row.get("content_hash"),

@@ -1,0 +1,101 @@
+"""Compute a re-ranker's per-item features for every item of an index, once.
+
+What ``mmsearch index --rerank-features`` runs after the ingest: for each live item the
+re-ranker can judge whose features the index's :class:`~mmsearch.rerank.store.FeatureStore`
+lacks, re-read the file, run the re-ranker's item side, and write the results in packs.
+Items already stored (by content: copies and renames included) cost one ``stat``; a file
+that can no longer be read is counted and left out, never stopping the run. It holds the
+index's writer lock, so two runs never write packs at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mmsearch.errors import UserInputError
+from mmsearch.rerank.base import Candidate, Reranker
+from mmsearch.rerank.cache import Features, Key, content_key, item_key
+from mmsearch.rerank.stage import candidate_of_row
+from mmsearch.rerank.store import FeatureStore, store_dir
+from mmsearch.store.catalog import Catalog
+from mmsearch.store.lock import WriterLock
+
+BATCH = 64  # candidates through the re-ranker's towers at once
+PACK_ROWS = 4096  # items per pack file written
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run did, in items: ``computed`` now, ``stored`` already, ``unreadable`` skipped."""
+
+    reranker: str
+    computed: int
+    stored: int
+    unreadable: int
+    folder: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare(index_dir: Path, catalog: Catalog, reranker: Reranker, *, progress: bool = False) -> Prepared:
+    """Fill the index's store for ``reranker`` with the features of the items in ``catalog``."""
+    if reranker.feature_space is None:
+        raise UserInputError(f"re-ranker {reranker.spec!r} keeps no per-item features to prepare")
+    from tqdm import tqdm
+
+    store = FeatureStore(store_dir(index_dir, reranker.feature_space))
+    judged = sorted({item for _, item in reranker.pairs})
+    ids = catalog.ids_where(" OR ".join(f"modality = '{m}'" for m in judged))
+    run = _Run(store, reranker)
+    with WriterLock(index_dir), tqdm(total=len(ids), unit="item", disable=not progress, file=sys.stderr) as bar:
+        if store.folder.is_dir():
+            store.sweep()
+        for start in range(0, len(ids), PACK_ROWS):
+            chunk = ids[start : start + PACK_ROWS]
+            run.items([candidate_of_row(row) for row in catalog.rows(chunk.tolist()).values()])
+            bar.update(len(chunk))
+        run.flush()
+    return Prepared(reranker.spec, run.computed, run.stored, run.unreadable, str(store.folder))
+
+
+class _Run:
+    """One pass: sorts candidates into stored, unreadable and to compute; writes packs."""
+
+    def __init__(self, store: FeatureStore, reranker: Reranker) -> None:
+        self.store, self.reranker = store, reranker
+        self.computed = self.stored = self.unreadable = 0
+        self._seen: set[Key] = set()
+        self._pending: dict[str, tuple[list[Key], list[Features]]] = {}  # per modality: one shape per pack
+
+    def items(self, candidates: list[Candidate]) -> None:
+        todo: dict[str, list[Candidate]] = {}
+        for candidate in candidates:
+            key = item_key(candidate)
+            if key is None:
+                self.unreadable += 1
+            elif key in self._seen or key in self.store:
+                self.stored += 1
+            else:
+                self._seen.add(key)
+                todo.setdefault(candidate.modality, []).append(candidate)
+        for modality, group in todo.items():
+            keys, features = self._pending.setdefault(modality, ([], []))
+            for start in range(0, len(group), BATCH):
+                batch = group[start : start + BATCH]
+                for candidate, fresh in zip(batch, self.reranker.encode(batch, modality), strict=True):
+                    if fresh is None:
+                        self.unreadable += 1
+                    else:
+                        keys.append(content_key(fresh[1], candidate.offset_s))
+                        features.append(fresh[0])
+                        self.computed += 1
+            if len(keys) >= PACK_ROWS:
+                self.flush(modality)
+
+    def flush(self, modality: str | None = None) -> None:
+        """Write what is pending as packs (of ``modality``; default: all)."""
+        for name in [modality] if modality else list(self._pending):
+            self.store.add(*self._pending.pop(name, ([], [])))

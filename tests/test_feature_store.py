@@ -1,0 +1,59 @@
+"""The on-disk re-ranker feature store on synthetic arrays: packs, readers in other
+processes' shoes, crashes mid-pack (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch.rerank.store import KEYS, FeatureStore
+
+
+def features(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random((4, 3), np.float32), rng.random(5, np.float32)) for _ in range(n)]
+
+
+def test_packs_round_trip_and_other_readers_see_new_packs(tmp_path: Path) -> None:
+    writer, reader = FeatureStore(tmp_path / "s"), FeatureStore(tmp_path / "s")
+    assert reader.get(("a" * 64, 0.0)) is None and len(reader) == 0  # no folder yet: empty
+    first = features(3, 1)
+    keys = [("a" * 64, 0.0), ("a" * 64, 2.5), ("b" * 64, 0.0)]  # one file's two windows, another file
+    writer.add(keys, first)
+    assert len(reader) == 3
+    for key, want in zip(keys, first):
+        got = reader.get(key)
+        assert got is not None and all(np.array_equal(g, w) for g, w in zip(got, want))
+    second = features(2, 2)
+    writer.add([("c" * 64, 0.0), ("d" * 64, 0.0)], second)
+    assert ("d" * 64, 0.0) in reader and len(reader) == 5
+    assert np.array_equal(reader.get(("c" * 64, 0.0))[1], second[0][1])
+    got = reader.get(("a" * 64, 2.5))
+    assert got is not None and not got[0].flags.writeable  # mapped read-only
+
+
+def test_a_pack_without_its_keys_does_not_exist_and_is_swept(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "s")
+    store.add([("a" * 64, 0.0)], features(1, 1))
+    (keys_file,) = (tmp_path / "s").glob(f"*{KEYS}")
+    name = keys_file.name[: -len(KEYS)]
+    for suffix in (".0.npy", ".1.npy"):  # a crash after the arrays, before the keys
+        (tmp_path / "s" / f"dead{suffix}").write_bytes((tmp_path / "s" / f"{name}{suffix}").read_bytes())
+    (tmp_path / "s" / ".x.npy.123.tmp").write_bytes(b"half")
+    fresh = FeatureStore(tmp_path / "s")
+    assert len(fresh) == 1
+    assert fresh.sweep() == 3
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
+        [f"{name}.0.npy", f"{name}.1.npy", f"{name}{KEYS}"]
+    )
+    assert len(FeatureStore(tmp_path / "s")) == 1
+
+
+def test_a_pack_with_arrays_of_the_wrong_length_is_ignored(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "s")
+    store.add([("a" * 64, 0.0), ("b" * 64, 0.0)], features(2, 1))
+    (keys_file,) = (tmp_path / "s").glob(f"*{KEYS}")
+    array = tmp_path / "s" / keys_file.name.replace(KEYS, ".1.npy")
+    np.save(array, np.zeros((1, 5), np.float32))  # damaged: fewer rows than keys
+    assert len(FeatureStore(tmp_path / "s")) == 0
