@@ -246,7 +246,8 @@ def latency(index: Index, texts: list[str], depths: list[int]) -> dict:
     prepared = index.prepare_rerank()  # what `mmsearch index --rerank-features` adds to the ingest
     out["prepare_s"] = round(time.perf_counter() - started, 2)
     out["prepared_items"] = prepared.computed
-    out["prepared_bytes"] = sum(f.stat().st_size for f in Path(prepared.folder).iterdir())
+    folder = Path(prepared.folder)
+    out["prepared_bytes"] = sum(f.stat().st_size for f in folder.iterdir()) if folder.is_dir() else 0
     for depth in depths:
         ms = timed(cold=True, rerank=True, rerank_depth=depth)  # the cache emptied: features from the index
         out[f"prepared_{depth}_ms"] = round(ms, 2)

@@ -267,7 +267,7 @@ def index(
     if budget is not None and idx.manifest.max_memory != budget:
         raise UserInputError(f"index {path} already exists; set its memory budget with `mmsearch compact --max-memory`")
     if rerank_features:
-        idx.reranker()  # an index without a default re-ranker fails here, before the ingest
+        _check_default_reranker(idx.manifest.model)
     summary = idx.add(
         paths,
         workers=workers,
@@ -281,16 +281,27 @@ def index(
         part_size=part_bytes,
         checkpoint_s=checkpoint_every,
     )
+    if not json_out:
+        for line in _summary_lines(summary, idx.manifest.model):
+            typer.echo(line)  # before the features: the ingest is committed whatever happens to them
     prepared = idx.prepare_rerank(progress=sys.stderr.isatty() and not json_out) if rerank_features else None
     if json_out:
         _print_json(summary.to_dict() | ({"rerank_features": prepared.to_dict()} if prepared else {}))
-        return
-    for line in _summary_lines(summary, idx.manifest.model):
-        typer.echo(line)
-    if prepared:
+    elif prepared:
         typer.echo(
             f"  re-ranker features ({prepared.reranker}): {prepared.computed} computed, {prepared.stored} already "
             f"kept, {prepared.unreadable} unreadable"
+        )
+
+
+def _check_default_reranker(model: str | None) -> None:
+    """``--rerank-features`` needs the index's model to have a default re-ranker (no model loads)."""
+    from mmsearch.rerank.registry import DEFAULTS
+
+    if (model or "").split("+", 1)[0] not in DEFAULTS:
+        raise UserInputError(
+            f"--rerank-features: no default re-ranker for an index built with {model!r} "
+            f"(models with one: {', '.join(sorted(DEFAULTS))})"
         )
 
 

@@ -3,6 +3,7 @@ processes' shoes, crashes mid-pack (no torch)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ def test_packs_round_trip_and_other_readers_see_new_packs(tmp_path: Path) -> Non
         assert got is not None and all(np.array_equal(g, w) for g, w in zip(got, want))
     second = features(2, 2)
     writer.add([("c" * 64, 0.0), ("d" * 64, 0.0)], second)
-    assert ("d" * 64, 0.0) in reader and len(reader) == 5
+    assert reader.get(("d" * 64, 0.0)) is not None and len(reader) == 5
+    assert reader.get(("d" * 64, 1.0)) is None and reader.get(("e" * 64, 0.0)) is None
     assert np.array_equal(reader.get(("c" * 64, 0.0))[1], second[0][1])
     got = reader.get(("a" * 64, 2.5))
     assert got is not None and not got[0].flags.writeable  # mapped read-only
@@ -43,9 +45,10 @@ def test_a_pack_without_its_keys_does_not_exist_and_is_swept(tmp_path: Path) -> 
     (tmp_path / "s" / ".x.npy.123.tmp").write_bytes(b"half")
     fresh = FeatureStore(tmp_path / "s")
     assert len(fresh) == 1
-    assert fresh.sweep() == 3
+    with fresh.writing():
+        assert fresh.sweep() == 3
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
-        [f"{name}.0.npy", f"{name}.1.npy", f"{name}{KEYS}"]
+        [f"{name}.0.npy", f"{name}.1.npy", f"{name}{KEYS}", "lock"]
     )
     assert len(FeatureStore(tmp_path / "s")) == 1
 
@@ -57,3 +60,35 @@ def test_a_pack_with_arrays_of_the_wrong_length_is_ignored(tmp_path: Path) -> No
     array = tmp_path / "s" / keys_file.name.replace(KEYS, ".1.npy")
     np.save(array, np.zeros((1, 5), np.float32))  # damaged: fewer rows than keys
     assert len(FeatureStore(tmp_path / "s")) == 0
+
+
+def test_a_damaged_pack_is_skipped_and_the_others_still_answer(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "s")
+    store.add([("a" * 64, 0.0)], features(1, 1))
+    store.add([("b" * 64, 0.0)], features(1, 2))
+    first = sorted((tmp_path / "s").glob(f"*{KEYS}"))[0]
+    first.write_bytes(b"not a numpy file")
+    fresh = FeatureStore(tmp_path / "s")
+    assert len(fresh) == 1 and fresh.damaged == [first.name[: -len(KEYS)]]
+    assert sum(fresh.get(key) is not None for key in (("a" * 64, 0.0), ("b" * 64, 0.0))) == 1
+
+
+def test_a_pack_committed_within_the_same_mtime_tick_is_not_missed(tmp_path: Path) -> None:
+    writer, reader = FeatureStore(tmp_path / "s"), FeatureStore(tmp_path / "s")
+    writer.add([("a" * 64, 0.0)], features(1, 1))
+    tick = os.stat(tmp_path / "s").st_mtime_ns
+    assert len(reader) == 1
+    writer.add([("b" * 64, 0.0)], features(1, 2))
+    os.utime(tmp_path / "s", ns=(tick, tick))  # a coarse clock: the folder's mtime did not move
+    assert reader.get(("b" * 64, 0.0)) is not None
+
+
+def test_many_windows_of_one_file_and_tag_neighbours(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "s")
+    keys = [("f" * 64, float(offset)) for offset in range(0, 300, 5)] + [(f"{i:064x}", 0.0) for i in range(200)]
+    stored = features(len(keys), 3)
+    store.add(keys[::2], stored[::2])
+    store.add(keys[1::2], stored[1::2])
+    got = FeatureStore(tmp_path / "s").get_many([*keys, ("f" * 64, 2.5)])
+    assert got[-1] is None
+    assert all(g is not None and np.array_equal(g[0], w[0]) for g, w in zip(got, stored))

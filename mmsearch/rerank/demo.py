@@ -8,6 +8,7 @@ The towers stay frozen, so the matcher is small (``rerank.safetensors``, trained
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -33,6 +34,7 @@ PATCH = 8  # the demo ViT's patch size
 REGION = 2  # ViT patches per region side: the matcher attends over 4x4 regions
 CELLS = 4  # pooled pixels per region side
 DEFAULT_CACHE_BYTES = 64 << 20
+FEATURES_VERSION = 1  # bump when how items are read or encoded changes (crops, windows, towers' code)
 TEXTS_KEPT = 32  # recent query texts whose token features are kept (encoded once per query)
 TextFeatures = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -54,6 +56,7 @@ class DemoTowers:
         self.clip.visual.output_tokens = True
         self.tokenizer = encoder.tokenizer  # type: ignore[attr-defined]
         self.audio = load_audio_tower(DEMO_DIR / "audio.json", DEMO_DIR / "audio.pt", device)
+        self.space_id = f"{encoder.space_id}+audio@{file_digest(DEMO_DIR / 'audio.pt')[:16]}"
 
     @torch.no_grad()
     def texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,6 +101,13 @@ class DemoTowers:
         return torch.from_numpy(normalise(crops, spec.mean, spec.std)).to(self.device)
 
 
+def feature_space(towers: str, config: Path, weights: Path) -> str:
+    """Names everything stored features depend on: the towers' weights, the matcher's
+    architecture and weights, and how items are read into them (``FEATURES_VERSION``)."""
+    parts = (str(FEATURES_VERSION), towers, file_digest(config), file_digest(weights))
+    return f"demo-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+
+
 def load_matcher(config_path: Path, weights_path: Path, device: str) -> tuple[CrossMatcher, PerModality]:
     """The matcher and its per-modality Platt scalings, from the JSON config and (fp16) safetensors."""
     from safetensors.torch import load_file
@@ -134,7 +144,7 @@ class DemoReranker(Reranker):
         self.towers = DemoTowers(device)
         self.matcher, self.calibration = load_matcher(config, weights, device)
         self.cache = FeatureCache(cache_bytes)
-        self.feature_space = f"demo-{file_digest(weights)[:16]}"  # the towers ship with the matcher's weights
+        self.feature_space = feature_space(self.towers.space_id, config, weights)
         self._texts: OrderedDict[str, TextFeatures] = OrderedDict()
         self._texts_lock = threading.Lock()
 
@@ -202,7 +212,7 @@ class DemoReranker(Reranker):
         probs = np.zeros(len(candidates))
         modality = candidates[0].modality
         keys = [item_key(c) for c in candidates]
-        features = [None if key is None else self._known(key) for key in keys]
+        features = self._known(keys)
         missing = [i for i, found in enumerate(features) if found is None]
         if missing:
             for i, fresh in zip(missing, self.encode([candidates[i] for i in missing], modality), strict=True):
@@ -217,11 +227,13 @@ class DemoReranker(Reranker):
         probs[readable] = self.calibration(self.logits(query.value, memory, vectors), modality)
         return probs
 
-    def _known(self, key: Key) -> Features | None:
+    def _known(self, keys: Sequence[Key | None]) -> list[Features | None]:
         """Features computed before: in this process (the cache), or at ingest (the store)."""
-        found = self.cache.get(key)
-        if found is None and self.store is not None:
-            found = self.store.get(key)
+        found = [None if key is None else self.cache.get(key) for key in keys]
+        if self.store is not None:
+            asked = [(i, key) for i, (key, hit) in enumerate(zip(keys, found)) if key is not None and hit is None]
+            for (i, _), stored in zip(asked, self.store.get_many([key for _, key in asked])):
+                found[i] = stored
         return found
 
 

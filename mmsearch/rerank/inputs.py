@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mmsearch.ingest.decode import DecodeOptions, decode
+from mmsearch.ingest.decode import Decoded, DecodeOptions, decode
 from mmsearch.rerank.base import Candidate
 
 
@@ -36,8 +36,10 @@ def audio_windows(candidates: Sequence[Candidate], sample_rate: int, window_s: f
     """The window of each candidate's recording that the vector stage embedded."""
     options = DecodeOptions(sample_rate=sample_rate, window_s=window_s)
     windows: list[Read | None] = []
+    decoded: Decoded | None = None  # windows of one recording in a row share one decode of it
     for candidate in candidates:
-        decoded = decode(candidate.path, "audio", options)
+        if decoded is None or decoded.path != candidate.path:
+            decoded = decode(candidate.path, "audio", options)
         pieces = [p for p in decoded.pieces if abs(p.meta.get("offset_s", 0.0) - candidate.offset_s) < 1e-3]
         if not pieces or decoded.content_hash is None:
             windows.append(None)

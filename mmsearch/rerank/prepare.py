@@ -5,7 +5,8 @@ re-ranker can judge whose features the index's :class:`~mmsearch.rerank.store.Fe
 lacks, re-read the file, run the re-ranker's item side, and write the results in packs.
 Items already stored (by content: copies and renames included) cost one ``stat``; a file
 that can no longer be read is counted and left out, never stopping the run. It holds the
-index's writer lock, so two runs never write packs at once.
+store's own lock, so two runs never write packs at once while the index itself stays free
+for other writers (an ``index`` or ``remove`` meanwhile is fine: features are keyed by content).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from mmsearch.rerank.cache import Features, Key, content_key, item_key
 from mmsearch.rerank.stage import candidate_of_row
 from mmsearch.rerank.store import FeatureStore, store_dir
 from mmsearch.store.catalog import Catalog
-from mmsearch.store.lock import WriterLock
 
 BATCH = 64  # candidates through the re-ranker's towers at once
 PACK_ROWS = 4096  # items per pack file written
@@ -50,9 +50,8 @@ def prepare(index_dir: Path, catalog: Catalog, reranker: Reranker, *, progress: 
     judged = sorted({item for _, item in reranker.pairs})
     ids = catalog.ids_where(" OR ".join(f"modality = '{m}'" for m in judged))
     run = _Run(store, reranker)
-    with WriterLock(index_dir), tqdm(total=len(ids), unit="item", disable=not progress, file=sys.stderr) as bar:
-        if store.folder.is_dir():
-            store.sweep()
+    with store.writing(), tqdm(total=len(ids), unit="item", disable=not progress, file=sys.stderr) as bar:
+        store.sweep()
         for start in range(0, len(ids), PACK_ROWS):
             chunk = ids[start : start + PACK_ROWS]
             run.items([candidate_of_row(row) for row in catalog.rows(chunk.tolist()).values()])
@@ -67,32 +66,43 @@ class _Run:
     def __init__(self, store: FeatureStore, reranker: Reranker) -> None:
         self.store, self.reranker = store, reranker
         self.computed = self.stored = self.unreadable = 0
-        self._seen: set[Key] = set()
+        self._done: dict[Key, bool] = {}  # keys met in this run: computed (True) or unreadable (False)
         self._pending: dict[str, tuple[list[Key], list[Features]]] = {}  # per modality: one shape per pack
 
     def items(self, candidates: list[Candidate]) -> None:
-        todo: dict[str, list[Candidate]] = {}
-        for candidate in candidates:
-            key = item_key(candidate)
-            if key is None:
+        """Sort one chunk of candidates and compute what is missing (a file's windows together,
+        so a recording is decoded once per batch, not once per window)."""
+        keys = [item_key(candidate) for candidate in candidates]
+        present = [key for key in keys if key is not None]
+        stored = {key for key, found in zip(present, self.store.get_many(present)) if found is not None}
+        copies: dict[Key, int] = {}  # key -> further items with the same content, in this chunk
+        todo: dict[str, list[tuple[Key, Candidate]]] = {}
+        for key, candidate in zip(keys, candidates):
+            if key is None or self._done.get(key) is False:
                 self.unreadable += 1
-            elif key in self._seen or key in self.store:
+            elif key in stored or self._done.get(key):
                 self.stored += 1
+            elif key in copies:
+                copies[key] += 1
             else:
-                self._seen.add(key)
-                todo.setdefault(candidate.modality, []).append(candidate)
+                copies[key] = 0
+                todo.setdefault(candidate.modality, []).append((key, candidate))
         for modality, group in todo.items():
-            keys, features = self._pending.setdefault(modality, ([], []))
+            group.sort(key=lambda item: (item[1].path, item[1].offset_s))
             for start in range(0, len(group), BATCH):
                 batch = group[start : start + BATCH]
-                for candidate, fresh in zip(batch, self.reranker.encode(batch, modality), strict=True):
-                    if fresh is None:
-                        self.unreadable += 1
-                    else:
-                        keys.append(content_key(fresh[1], candidate.offset_s))
-                        features.append(fresh[0])
-                        self.computed += 1
-            if len(keys) >= PACK_ROWS:
+                fresh = self.reranker.encode([candidate for _, candidate in batch], modality)
+                for (key, candidate), result in zip(batch, fresh, strict=True):
+                    self._done[key] = result is not None
+                    if result is None:
+                        self.unreadable += 1 + copies[key]
+                        continue
+                    pending = self._pending.setdefault(modality, ([], []))
+                    pending[0].append(content_key(result[1], candidate.offset_s))
+                    pending[1].append(result[0])
+                    self.computed += 1
+                    self.stored += copies[key]
+            if len(self._pending.get(modality, ((),))[0]) >= PACK_ROWS:
                 self.flush(modality)
 
     def flush(self, modality: str | None = None) -> None:

@@ -17,8 +17,10 @@ pick up new packs when the folder's mtime changes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -28,10 +30,15 @@ import numpy as np
 
 from mmsearch.rerank.cache import Features, Key
 from mmsearch.store.atomic import TMP_SUFFIX, atomic_write
+from mmsearch.store.lock import WriterLock
 
 KEYS = ".keys.npy"
 KEY_DTYPE = np.dtype([("hash", "S64"), ("offset", "<f8")])
+_FIELDS = ("tag", "offset", "pack", "row")
+_ENTRY = np.dtype(list(zip(_FIELDS, ("<u8", "<f8", "<i4", "<i4"))))
 ROOT = "rerank"
+LOCK = "lock"
+SETTLED_NS = 2_000_000_000  # a folder mtime older than this no longer moves within its tick
 
 
 def store_dir(index_dir: Path, feature_space: str) -> Path:
@@ -40,35 +47,53 @@ def store_dir(index_dir: Path, feature_space: str) -> Path:
 
 
 class FeatureStore:
-    """Packs of per-item features, looked up by content key; safe to share between threads."""
+    """Packs of per-item features, looked up by content key; safe to share between threads.
+
+    In memory, a reader holds 24 bytes per stored item (a 64-bit digest of the content hash,
+    the offset, the pack and row, sorted for binary search); the features and the full keys
+    stay in the mapped files.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._where: dict[Key, tuple[int, int]] = {}  # key -> (pack, row)
+        self.damaged: list[str] = []  # packs that could not be read (skipped)
         self._packs: list[tuple[np.ndarray, ...]] = []
+        self._keys: list[np.ndarray] = []  # per pack, its mapped keys (for the exact check)
+        self._index: tuple[np.ndarray, ...] = tuple(np.empty(0, _ENTRY[name]) for name in _FIELDS)
         self._loaded: set[str] = set()
         self._seen_mtime: int | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         self.refresh()
-        return len(self._where)
+        return len(self._index[0])
 
-    def __contains__(self, key: Key) -> bool:
+    def get_many(self, keys: Sequence[Key]) -> list[Features | None]:
+        """Per key, its stored features (read-only views of mapped files) or ``None``."""
         self.refresh()
-        return key in self._where
+        tags, offsets, packs, rows = self._index
+        wanted = np.array([_tag(digest) for digest, _ in keys], np.uint64)
+        lows = np.searchsorted(tags, wanted, side="left").tolist()
+        highs = np.searchsorted(tags, wanted, side="right").tolist()
+        out: list[Features | None] = []
+        for (digest, offset), low, high in zip(keys, lows, highs):
+            at = low + int(np.searchsorted(offsets[low:high], offset)) if high - low > 1 else low
+            found = None
+            if at < high and offsets[at] == offset:
+                pack, row = int(packs[at]), int(rows[at])
+                if self._keys[pack][row]["hash"] == digest.encode():  # the 64-bit tag matched: check it all
+                    found = tuple(array[row] for array in self._packs[pack])
+            out.append(found)
+        return out
 
     def get(self, key: Key) -> Features | None:
-        """The features stored under ``key`` (read-only views of mapped files), or ``None``."""
-        self.refresh()
-        found = self._where.get(key)
-        if found is None:
-            return None
-        pack, row = found
-        return tuple(array[row] for array in self._packs[pack])
+        """The features stored under ``key``, or ``None``."""
+        return self.get_many([key])[0]
 
     def refresh(self) -> None:
-        """Load the packs written since the last look (one ``stat`` when there are none)."""
+        """Load the packs written since the last look (one ``stat`` when there are none). A
+        folder changed within the last seconds is listed again on the next look: on file
+        systems with coarse timestamps a pack committed in the same tick leaves the mtime as it was."""
         try:
             mtime = os.stat(self.folder).st_mtime_ns
         except FileNotFoundError:
@@ -78,26 +103,37 @@ class FeatureStore:
         with self._lock:
             if mtime == self._seen_mtime:
                 return
-            for keys_file in sorted(self.folder.glob(f"*{KEYS}")):
-                name = keys_file.name[: -len(KEYS)]
-                if name not in self._loaded:
-                    self._load(name, keys_file)
-            self._seen_mtime = mtime
+            fresh = [
+                self._load(keys_file.name[: -len(KEYS)], keys_file)
+                for keys_file in sorted(self.folder.glob(f"*{KEYS}"))
+                if keys_file.name[: -len(KEYS)] not in self._loaded
+            ]
+            entries = [_entries(pack, self._keys[pack]) for pack in fresh if pack is not None]
+            if entries:
+                merged = np.sort(np.concatenate([_joined(self._index), *entries]), order=("tag", "offset"))
+                self._index = tuple(np.ascontiguousarray(merged[name]) for name in _FIELDS)
+            if time.time_ns() - mtime > SETTLED_NS:
+                self._seen_mtime = mtime
 
-    def _load(self, name: str, keys_file: Path) -> None:
-        keys = np.load(keys_file)
-        arrays = []
-        part = 0
-        while (self.folder / f"{name}.{part}.npy").is_file():
-            arrays.append(np.load(self.folder / f"{name}.{part}.npy", mmap_mode="r"))
-            part += 1
-        if not arrays or any(len(array) != len(keys) for array in arrays):
-            return  # not a complete pack (written by hand or damaged): ignored
-        pack = len(self._packs)
-        self._packs.append(tuple(arrays))
-        for row, (digest, offset) in enumerate(keys.tolist()):
-            self._where[(digest.decode(), offset)] = (pack, row)
+    def _load(self, name: str, keys_file: Path) -> int | None:
+        """Map one pack; its number, or ``None`` when it is damaged (then skipped, and listed in ``damaged``)."""
         self._loaded.add(name)
+        try:
+            keys = np.load(keys_file, mmap_mode="r")
+            arrays = []
+            part = 0
+            while (self.folder / f"{name}.{part}.npy").is_file():
+                arrays.append(np.load(self.folder / f"{name}.{part}.npy", mmap_mode="r"))
+                part += 1
+        except (OSError, ValueError, EOFError):
+            self.damaged.append(name)
+            return None
+        if keys.dtype != KEY_DTYPE or not arrays or any(len(array) != len(keys) for array in arrays):
+            self.damaged.append(name)  # not a complete pack (written by hand or damaged)
+            return None
+        self._packs.append(tuple(arrays))
+        self._keys.append(keys)
+        return len(self._packs) - 1
 
     def add(self, keys: Sequence[Key], features: Sequence[Features]) -> None:
         """Write one pack of ``features`` (each a tuple of same-shaped arrays) under ``keys``."""
@@ -114,16 +150,42 @@ class FeatureStore:
 
     def sweep(self) -> int:
         """Remove arrays of packs whose keys were never written (a crash mid-pack) and
-        temporary files; returns how many files went. Only for a writer that holds the
-        index lock: another writer may be mid-pack."""
+        temporary files; returns how many files went. Only under :meth:`writing`: another
+        writer may be mid-pack."""
         committed = {p.name[: -len(KEYS)] for p in self.folder.glob(f"*{KEYS}")}
         removed = 0
         for path in self.folder.glob("*"):
             orphan = path.name.endswith(TMP_SUFFIX) or path.name.split(".", 1)[0] not in committed
-            if orphan and path.is_file():
+            if orphan and path.name != LOCK and path.is_file():
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def writing(self) -> WriterLock:
+        """The store's own writer lock: packs are written by one process at a time, while the
+        index itself stays free for other writers."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return WriterLock(self.folder)
+
+
+def _tag(digest: str) -> int:
+    return int.from_bytes(hashlib.blake2b(digest.encode(), digest_size=8).digest(), "little")
+
+
+def _joined(index: tuple[np.ndarray, ...]) -> np.ndarray:
+    entries = np.empty(len(index[0]), _ENTRY)
+    for name, column in zip(_FIELDS, index):
+        entries[name] = column
+    return entries
+
+
+def _entries(pack: int, keys: np.ndarray) -> np.ndarray:
+    entries = np.empty(len(keys), _ENTRY)
+    entries["tag"] = [_tag(digest.decode()) for digest in keys["hash"].tolist()]
+    entries["offset"] = keys["offset"]
+    entries["pack"] = pack
+    entries["row"] = np.arange(len(keys))
+    return entries
 
 
 def _save(path: Path, array: np.ndarray) -> None:

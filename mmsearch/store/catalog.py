@@ -75,8 +75,7 @@ class Catalog:
         if con is None:
             con = duckdb.connect()
             con.register("stored_items", self.items)
-            con.register("item_types", ITEM_SCHEMA.empty_table())
-            types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE item_types)").fetchall())
+            types = _sql_types(con)
             columns = ", ".join(
                 name if name in self.items.column_names else f"CAST(NULL AS {types[name]}) AS {name}"
                 for name in ITEM_SCHEMA.names
@@ -171,6 +170,15 @@ class Catalog:
         )
         short = f"SELECT path FROM ({per_part}) GROUP BY path HAVING count(*) FILTER (WHERE n = pieces) < min(parts)"
         return int(self.table(f"SELECT count(*) AS files FROM ({short})")["files"][0].as_py())
+
+
+def _sql_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """DuckDB's type of each items column, as it reads the Arrow schema."""
+    con.register("item_types", ITEM_SCHEMA.empty_table())
+    try:
+        return dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE item_types)").fetchall())
+    finally:
+        con.unregister("item_types")
 
 
 def paths_under(paths: pa.ChunkedArray | pa.Array, roots: Sequence[str]) -> np.ndarray:
