@@ -623,10 +623,10 @@ def eval_filter(where: str, width: np.ndarray) -> np.ndarray:
 
 PROFILE_GROUPS = {  # substring of "file:line:function" -> group (first match wins)
     "_swigfaiss": "FAISS search (C++)",
-    "catalog.py": "metadata rows (catalog.rows: Arrow take + to_pylist)",
-    "compute.py": "metadata rows (catalog.rows: Arrow take + to_pylist)",
-    "to_pylist": "metadata rows (catalog.rows: Arrow take + to_pylist)",
-    "pyarrow": "metadata rows (catalog.rows: Arrow take + to_pylist)",
+    "catalog.py": "metadata rows (catalog.rows: ids to rows, rows.py)",
+    "rows.py": "metadata rows (catalog.rows: ids to rows, rows.py)",
+    "pyarrow": "metadata rows (catalog.rows: ids to rows, rows.py)",
+    "<string>:2:__init__": "Index.search / _search / SearchResult",
     "pathlib.py": "snapshot refresh (pathlib, stat, manifest check)",
     "posix.stat": "snapshot refresh (pathlib, stat, manifest check)",
     "snapshot.py": "snapshot refresh (pathlib, stat, manifest check)",

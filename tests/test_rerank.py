@@ -536,3 +536,7 @@ def test_rerank_features_need_a_reranker_for_the_model(tmp_path: Path) -> None:
     index = Index.create(tmp_path / "vectors", dim=8)
     with pytest.raises(UserInputError, match="no default re-ranker"):
         index.prepare_rerank()
+    (tmp_path / "notes").mkdir()
+    done = run_cli("index", str(tmp_path / "notes"), "--index", str(index.path), "--rerank-features")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--rerank-features: no default re-ranker for an index built with None" in done.stderr
