@@ -35,6 +35,7 @@ from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise
 from mmsearch.rerank.base import Reranker
 from mmsearch.rerank.prepare import Prepared
+from mmsearch.rerank.store import ROOT as RERANK_ROOT
 from mmsearch.search import embed, searcher, segments
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -627,7 +628,8 @@ class Index:
     def info(self) -> dict:
         """Model, space, counts per modality, shards and size on disk; ``incomplete_files``
         counts files left part-done by an interrupted ingest (the next ``add`` finishes them)
-        or by a failed part (listed in the failures)."""
+        or by a failed part (listed in the failures); ``rerank_features_bytes``: what
+        :meth:`prepare_rerank` keeps beside the shards."""
         return self._read(self._info)
 
     def _info(self, snap: Snapshot) -> dict:
@@ -652,11 +654,17 @@ class Index:
             "failures": snap.failure_count(),
             "incomplete_files": self._incomplete_files(snap),
             "size_bytes": size,
+            "rerank_features_bytes": _folder_bytes(self.path / RERANK_ROOT),
             "generation": m.generation,
             "format_version": m.format_version,
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files below ``folder`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 def _recipe_summary(manifest: Manifest) -> dict[str, str]:

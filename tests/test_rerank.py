@@ -514,6 +514,7 @@ def test_features_prepared_at_ingest_judge_without_reading_files(tmp_path: Path)
     distinct = "SELECT count(DISTINCT (content_hash, offset_s)) AS n FROM items WHERE modality IN ('image', 'audio')"
     assert prepared["computed"] == index.sql(distinct)["n"][0].as_py() > 12
     assert prepared["stored"] == 0 and prepared["unreadable"] == 0
+    assert index.info()["rerank_features_bytes"] > prepared["computed"] * 4608  # fp32 features, plus keys
 
     query = "a red circle"
     stored = [(h.id, h.match_prob) for h in index.search(query, k=6, rerank=True, rerank_depth=12)]
