@@ -290,7 +290,7 @@ def index(
     elif prepared:
         typer.echo(
             f"  re-ranker features ({prepared.reranker}): {prepared.computed} computed, {prepared.stored} already "
-            f"kept, {prepared.unreadable} unreadable"
+            f"kept, {prepared.unreadable} unreadable, {prepared.dropped} of removed items dropped"
         )
 
 

@@ -92,3 +92,30 @@ def test_many_windows_of_one_file_and_tag_neighbours(tmp_path: Path) -> None:
     got = FeatureStore(tmp_path / "s").get_many([*keys, ("f" * 64, 2.5)])
     assert got[-1] is None
     assert all(g is not None and np.array_equal(g[0], w[0]) for g, w in zip(got, stored))
+
+
+def test_prune_rewrites_the_packs_without_entries_of_removed_items(tmp_path: Path) -> None:
+    from mmsearch.rerank.store import tag_of
+
+    store = FeatureStore(tmp_path / "s")
+    keys = [(f"{i:064x}", 0.0) for i in range(40)] + [("f" * 64, 2.5)]
+    stored = features(len(keys), 4)
+    store.add(keys[:20], stored[:20])
+    store.add(keys[20:], stored[20:])
+    live = keys[::3]  # a third of the items are still in the index
+
+    def prune(alive: list, share: float = 0.25) -> int:
+        tags = np.array([tag_of(digest) for digest, _ in alive], np.uint64)
+        return store.prune(tags, np.array([offset for _, offset in alive]), share)
+
+    assert prune(keys) == 0  # nothing to drop: the packs stay as they are
+    with store.writing():
+        assert prune(live, share=0.9) == 0  # below the share: not worth a rewrite
+        assert prune(live) == len(keys) - len(live)
+    fresh = FeatureStore(tmp_path / "s")
+    assert len(fresh) == len(live) and not fresh.damaged
+    for key, (memory, vector) in zip(keys, stored):
+        got = fresh.get(key)
+        assert (got is not None) == (key in live)
+        assert got is None or (np.array_equal(got[0], memory) and np.array_equal(got[1], vector))
+    assert len(list((tmp_path / "s").glob(f"*{KEYS}"))) == 2  # one rewritten pack per old one

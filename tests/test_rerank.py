@@ -526,11 +526,17 @@ def test_features_prepared_at_ingest_judge_without_reading_files(tmp_path: Path)
     assert [i for i, _ in stored] == [hit.id for hit in judged]
     assert np.allclose([p for _, p in stored], [hit.match_prob for hit in judged], atol=1e-6)
 
-    again = run_cli("index", *folders, "--index", folder, "--rerank-features", "--json")
-    assert (
-        json.loads(again.stdout)["rerank_features"] | {"stored": prepared["computed"], "computed": 0}
-        == (json.loads(again.stdout)["rerank_features"])
-    )
+    again = json.loads(run_cli("index", *folders, "--index", folder, "--rerank-features", "--json").stdout)
+    assert again["rerank_features"] | {"stored": prepared["computed"], "computed": 0} == again["rerank_features"]
+
+    images = index.sql("SELECT count(DISTINCT content_hash) AS n FROM items WHERE modality = 'image'")["n"][0].as_py()
+    for image in (tmp_path / "world" / "images").iterdir():
+        image.unlink()
+    pruned = run_cli("index", *folders, "--index", folder, "--rerank-features", "--json")
+    assert json.loads(pruned.stdout)["rerank_features"]["dropped"] == images  # the removed images' features
+    sounds = Index.open(folder)
+    sounds.search("a red circle", modality="audio", k=3, rerank=True)
+    assert len(sounds.reranker().cache) == 0  # the sounds' features survived the rewrite
 
 
 def test_rerank_features_need_a_reranker_for_the_model(tmp_path: Path) -> None:

@@ -12,14 +12,17 @@ for other writers (an ``index`` or ``remove`` meanwhile is fine: features are ke
 from __future__ import annotations
 
 import sys
+from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mmsearch.errors import UserInputError
 from mmsearch.rerank.base import Candidate, Reranker
 from mmsearch.rerank.cache import Features, Key, content_key, item_key
 from mmsearch.rerank.stage import candidate_of_row
-from mmsearch.rerank.store import FeatureStore, store_dir
+from mmsearch.rerank.store import FeatureStore, store_dir, tag_of
 from mmsearch.store.catalog import Catalog
 
 BATCH = 64  # candidates through the re-ranker's towers at once
@@ -28,12 +31,14 @@ PACK_ROWS = 4096  # items per pack file written
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a run did, in items: ``computed`` now, ``stored`` already, ``unreadable`` skipped."""
+    """What a run did, in items: ``computed`` now, ``stored`` already, ``unreadable`` skipped;
+    ``dropped``: features of items no longer in the index, removed from the store."""
 
     reranker: str
     computed: int
     stored: int
     unreadable: int
+    dropped: int
     folder: str
 
     def to_dict(self) -> dict:
@@ -57,7 +62,8 @@ def prepare(index_dir: Path, catalog: Catalog, reranker: Reranker, *, progress: 
             run.items([candidate_of_row(row) for row in catalog.rows(chunk.tolist()).values()])
             bar.update(len(chunk))
         run.flush()
-    return Prepared(reranker.spec, run.computed, run.stored, run.unreadable, str(store.folder))
+        dropped = store.prune(np.array(run.live_tags, np.uint64), np.array(run.live_offsets, np.float64))
+    return Prepared(reranker.spec, run.computed, run.stored, run.unreadable, dropped, str(store.folder))
 
 
 class _Run:
@@ -67,6 +73,8 @@ class _Run:
         self.store, self.reranker = store, reranker
         self.computed = self.stored = self.unreadable = 0
         self._done: dict[Key, bool] = {}  # keys met in this run: computed (True) or unreadable (False)
+        self.live_tags: array[int] = array("Q")  # every live item's key, compactly (what prune keeps)
+        self.live_offsets: array[float] = array("d")
         self._pending: dict[str, tuple[list[Key], list[Features]]] = {}  # per modality: one shape per pack
 
     def items(self, candidates: list[Candidate]) -> None:
@@ -74,6 +82,8 @@ class _Run:
         so a recording is decoded once per batch, not once per window)."""
         keys = [item_key(candidate) for candidate in candidates]
         present = [key for key in keys if key is not None]
+        self.live_tags.extend(tag_of(digest) for digest, _ in present)
+        self.live_offsets.extend(offset for _, offset in present)
         stored = {key for key, found in zip(present, self.store.get_many(present)) if found is not None}
         copies: dict[Key, int] = {}  # key -> further items with the same content, in this chunk
         todo: dict[str, list[tuple[Key, Candidate]]] = {}

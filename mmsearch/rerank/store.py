@@ -38,6 +38,7 @@ _FIELDS = ("tag", "offset", "pack", "row")
 _ENTRY = np.dtype(list(zip(_FIELDS, ("<u8", "<f8", "<i4", "<i4"))))
 ROOT = "rerank"
 LOCK = "lock"
+PRUNE_SHARE = 0.25  # rewrite the packs once more than this share of their entries belong to no live item
 SETTLED_NS = 2_000_000_000  # a folder mtime older than this no longer moves within its tick
 
 
@@ -56,13 +57,18 @@ class FeatureStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what was loaded: the next look reads the folder afresh."""
         self.damaged: list[str] = []  # packs that could not be read (skipped)
+        self._names: list[str] = []
         self._packs: list[tuple[np.ndarray, ...]] = []
         self._keys: list[np.ndarray] = []  # per pack, its mapped keys (for the exact check)
         self._index: tuple[np.ndarray, ...] = tuple(np.empty(0, _ENTRY[name]) for name in _FIELDS)
         self._loaded: set[str] = set()
         self._seen_mtime: int | None = None
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         self.refresh()
@@ -72,7 +78,7 @@ class FeatureStore:
         """Per key, its stored features (read-only views of mapped files) or ``None``."""
         self.refresh()
         tags, offsets, packs, rows = self._index
-        wanted = np.array([_tag(digest) for digest, _ in keys], np.uint64)
+        wanted = np.array([tag_of(digest) for digest, _ in keys], np.uint64)
         lows = np.searchsorted(tags, wanted, side="left").tolist()
         highs = np.searchsorted(tags, wanted, side="right").tolist()
         out: list[Features | None] = []
@@ -131,22 +137,47 @@ class FeatureStore:
         if keys.dtype != KEY_DTYPE or not arrays or any(len(array) != len(keys) for array in arrays):
             self.damaged.append(name)  # not a complete pack (written by hand or damaged)
             return None
+        self._names.append(name)
         self._packs.append(tuple(arrays))
         self._keys.append(keys)
         return len(self._packs) - 1
 
     def add(self, keys: Sequence[Key], features: Sequence[Features]) -> None:
         """Write one pack of ``features`` (each a tuple of same-shaped arrays) under ``keys``."""
-        if not keys:
-            return
+        if keys:
+            table = np.array([(digest.encode(), offset) for digest, offset in keys], dtype=KEY_DTYPE)
+            self._write(table, tuple(np.stack([f[part] for f in features]) for part in range(len(features[0]))))
+        self.refresh()
+
+    def _write(self, table: np.ndarray, arrays: tuple[np.ndarray, ...]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
-        for part in range(len(features[0])):
-            stacked = np.stack([f[part] for f in features])
-            atomic_write(self.folder / f"{name}.{part}.npy", partial(_save, array=stacked))
-        table = np.array([(digest.encode(), offset) for digest, offset in keys], dtype=KEY_DTYPE)
+        for part, array in enumerate(arrays):
+            atomic_write(self.folder / f"{name}.{part}.npy", partial(_save, array=array))
         atomic_write(self.folder / f"{name}{KEYS}", partial(_save, array=table))  # the pack's commit point
+
+    def prune(self, live_tags: np.ndarray, live_offsets: np.ndarray, share: float = PRUNE_SHARE) -> int:
+        """Rewrite the packs without the entries no live item has (``live_tags`` from
+        :func:`tag_of`, with their offsets) once those are more than ``share`` of the store;
+        returns how many entries went. Each pack is rewritten before the old one is
+        uncommitted (its keys file goes first), so a crash leaves duplicates or orphans the
+        next sweep removes, never a missing entry. Only under :meth:`writing`."""
         self.refresh()
+        tags, offsets, packs, rows = self._index
+        keep = np.isin(_combined(tags, offsets), _combined(live_tags, live_offsets))
+        dropped = int((~keep).sum())
+        if dropped == 0 or dropped <= share * len(tags):
+            return 0
+        for pack, name in enumerate(self._names):
+            kept = np.sort(rows[(packs == pack) & keep])
+            if len(kept):
+                self._write(np.asarray(self._keys[pack][kept]), tuple(a[kept] for a in self._packs[pack]))
+            (self.folder / f"{name}{KEYS}").unlink()
+            for part in range(len(self._packs[pack])):
+                (self.folder / f"{name}.{part}.npy").unlink()
+        with self._lock:
+            self._forget()
+        return dropped
 
     def sweep(self) -> int:
         """Remove arrays of packs whose keys were never written (a crash mid-pack) and
@@ -168,8 +199,15 @@ class FeatureStore:
         return WriterLock(self.folder)
 
 
-def _tag(digest: str) -> int:
+def tag_of(digest: str) -> int:
+    """A content hash as the 64-bit tag the store sorts by."""
     return int.from_bytes(hashlib.blake2b(digest.encode(), digest_size=8).digest(), "little")
+
+
+def _combined(tags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(tag, offset) as one 64-bit value, for set membership (a collision only keeps an entry)."""
+    millis = np.round(np.asarray(offsets, np.float64) * 1000).astype(np.int64).view(np.uint64)
+    return np.asarray(tags, np.uint64) ^ (millis * np.uint64(0x9E3779B97F4A7C15))
 
 
 def _joined(index: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -181,7 +219,7 @@ def _joined(index: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def _entries(pack: int, keys: np.ndarray) -> np.ndarray:
     entries = np.empty(len(keys), _ENTRY)
-    entries["tag"] = [_tag(digest.decode()) for digest in keys["hash"].tolist()]
+    entries["tag"] = [tag_of(digest.decode()) for digest in keys["hash"].tolist()]
     entries["offset"] = keys["offset"]
     entries["pack"] = pack
     entries["row"] = np.arange(len(keys))
