@@ -21,8 +21,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move the result to ``target``."""
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)`` (its result is ignored) then atomically move the result to ``target``."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
     try:

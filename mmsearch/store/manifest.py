@@ -16,11 +16,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError
 from mmsearch.store.atomic import atomic_write, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -83,7 +87,7 @@ class Manifest:
     tombstones: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)
     written: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False, compare=False)  # on disk
 
-    def check_encoder(self, encoder: object) -> None:
+    def check_encoder(self, encoder: Encoder) -> None:
         """Refuse an encoder (``spec``, ``space_id``, ``audio_space_id``) of another space."""
         audio = getattr(encoder, "audio_space_id", None)
         for wanted, actual in ((self.space_id, encoder.space_id), (self.audio_space_id or audio, audio)):

@@ -204,7 +204,7 @@ def _gpu_clustering(ivf: faiss.IndexIVF | None) -> Iterator[None]:
     try:
         yield
     finally:
-        ivf.clustering_index = None
+        ivf.clustering_index = None  # type: ignore[assignment]  # SWIG takes None as a null pointer
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -226,7 +226,9 @@ def _min_train_rows(index: faiss.Index) -> int:
         if isinstance(layer, faiss.IndexIVF):
             need = max(need, layer.nlist)
         if isinstance(layer, faiss.IndexPreTransform) and any(
-            isinstance(layer.chain.at(i), faiss.OPQMatrix) for i in range(layer.chain.size())
+            # ``chain`` is a SWIG vector, typed as a list by faiss's stubs
+            isinstance(layer.chain.at(i), faiss.OPQMatrix)  # type: ignore[attr-defined]
+            for i in range(layer.chain.size())  # type: ignore[attr-defined]
         ):
             need = max(need, 256)
         pq = getattr(layer, "pq", None)
@@ -250,7 +252,7 @@ def _code_bytes(index: faiss.Index, *, direct_map: bool) -> float:
     if isinstance(index_, faiss.IndexIVF):
         return index_.code_size + IVF_ID_BYTES + (DIRECT_MAP_BYTES if direct_map else 0)
     if isinstance(index_, faiss.IndexHNSW):
-        m = index_.hnsw.nb_neighbors(1)
+        m = index_.hnsw.nb_neighbors(1)  # type: ignore[attr-defined]  # missing from faiss's stubs
         # int32 links: 2M at level 0, M per upper level, expected 1/(M-1) upper levels;
         # plus the int32 level and the size_t offset of each vector.
         links = 4 * (2 * m + m / max(m - 1, 1)) + 4 + 8
@@ -455,23 +457,28 @@ def search_params(
     kind, refine, nlist = _structure(factory)
     if not params and selector is None:
         return None
+    # faiss's stubs lack SearchParametersHNSW, the SWIG keyword arguments and ``referenced_objects``
+    # (a plain attribute on the proxy that keeps its members alive).
+    base: faiss.SearchParameters
     if kind == "ivf":
         nprobe = int(params.get("nprobe", DEFAULT_NPROBE if nlist is None else min(DEFAULT_NPROBE, nlist)))
-        base = faiss.SearchParametersIVF(nprobe=max(1, nprobe))
+        base = faiss.SearchParametersIVF(nprobe=max(1, nprobe))  # type: ignore[call-arg]
     elif kind == "hnsw":
-        base = faiss.SearchParametersHNSW(efSearch=int(params.get("efSearch", DEFAULT_EF_SEARCH)))
+        ef_search = int(params.get("efSearch", DEFAULT_EF_SEARCH))
+        base = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
     else:
         base = faiss.SearchParameters()
     if selector is not None:
         base.sel = selector
-    base.referenced_objects = [selector]
+    base.referenced_objects = [selector]  # type: ignore[attr-defined]
     if not refine:
         return base
-    outer = faiss.IndexRefineSearchParameters(k_factor=float(params.get("k_factor", DEFAULT_K_FACTOR)))
+    k_factor = float(params.get("k_factor", DEFAULT_K_FACTOR))
+    outer = faiss.IndexRefineSearchParameters(k_factor=k_factor)  # type: ignore[call-arg]
     outer.base_index_params = base
     if selector is not None:
         outer.sel = selector  # ignored by IndexRefine itself; set so nobody reads it as unfiltered
-    outer.referenced_objects = [base, selector]
+    outer.referenced_objects = [base, selector]  # type: ignore[attr-defined]
     return outer
 
 
@@ -567,7 +574,7 @@ def tune(
 
     def sweep(name: str, values: list[float], others: dict[str, float]) -> dict[str, float]:
         """Cheapest value reaching the target; else the cheapest with the best recall seen."""
-        best, best_recall, stale = None, -1.0, 0
+        best, best_recall, stale = values[0], -1.0, 0  # the first recall (>= 0) always beats -1
         for value in values:
             r = recall({**others, name: value})
             if r >= target:
@@ -602,7 +609,8 @@ def unwrap(index: faiss.Index) -> tuple[faiss.Index, np.ndarray | None]:
     if not isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return index, None
     inner = faiss.downcast_index(outer.index)
-    inner.referenced_objects = [index, outer]  # ``index`` may be the only proxy that owns the wrapper
+    # ``index`` may be the only proxy that owns the wrapper (``referenced_objects``: not in faiss's stubs)
+    inner.referenced_objects = [index, outer]  # type: ignore[attr-defined]
     return inner, faiss.vector_to_array(outer.id_map).astype(np.int64)
 
 

@@ -252,5 +252,6 @@ class RowFilter:
     def selector(self) -> faiss.IDSelectorBitmap:
         bits = np.packbits(self.mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(bits))
-        selector.bits_owner = bits  # the selector reads this memory during every search
+        # The selector reads this memory during every search; a plain attribute on the SWIG proxy keeps it alive.
+        selector.bits_owner = bits  # type: ignore[attr-defined]  # not in faiss's stubs
         return selector

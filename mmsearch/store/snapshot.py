@@ -48,7 +48,7 @@ class Snapshot:
         self.manifest = manifest
         self.stamp = stamp
         reusable = {s.info: s for s in previous.shards} if previous is not None else {}
-        self.shards = [reusable.get(info) or Shard(self.dir, info) for info in manifest.shards]
+        self.shards: list[Shard] = [reusable.get(info) or Shard(self.dir, info) for info in manifest.shards]
         self.tombstones = np.asarray(manifest.tombstones, dtype=np.int64)
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None

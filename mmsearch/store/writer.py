@@ -20,6 +20,7 @@ previous generation may still read them. They are deleted by a later writer once
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -197,7 +198,7 @@ class ShardWriter:
                 try:
                     os.link(source, target)
                 except OSError:
-                    atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+                    atomic_write(target, functools.partial(shutil.copyfile, source))
             self.manifest.shards.append(replace(info, name=name))
         fsync_dir(self.dir / SHARDS_DIR)
 
@@ -242,6 +243,7 @@ class ShardWriter:
         if not full or sum(info.rows for info in full[0]) > self.manifest.shard_size * MERGE_FACTOR:
             return False
         group = full[0]
+        assert self._base_tombstones is not None  # set by the _publish that always precedes a merge
         dead = self._base_tombstones | self._superseded
         for info in group:
             segment = Shard(self.dir, info)
@@ -269,7 +271,8 @@ class ShardWriter:
                 self._superseded.update(done.replaces)
         self._closed_groups = [g for number, g in enumerate(self._closed_groups) if number in unsealed]
         hidden = sealed[~np.isin(sealed, np.concatenate([np.empty(0, np.int64), *self._visible]))]
-        self.manifest.tombstones = sorted(self._base_tombstones | self._superseded | set(hidden.tolist()))
+        dead = self._base_tombstones | self._superseded | set(hidden.tolist())
+        self.manifest.tombstones = np.array(sorted(dead), dtype=np.int64)
         self._retire()
         manifest_io.commit(self.dir, self.manifest)
         self._committed_names = _named_files(self.manifest)
