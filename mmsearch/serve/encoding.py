@@ -33,7 +33,7 @@ class _Job:
     texts: Sequence[str] = ()
     modality: str | None = None
     payloads: Sequence = ()
-    future: Future = field(default_factory=Future)
+    future: Future[np.ndarray] = field(default_factory=Future)
 
 
 class EncoderQueue:
@@ -60,18 +60,18 @@ class EncoderQueue:
         self._thread.start()
         self.batches = 0  # forward passes run for texts, for tests and stats
 
-    def texts(self, texts: Sequence[str]) -> Future:
+    def texts(self, texts: Sequence[str]) -> Future[np.ndarray]:
         """A future of the unit vectors of ``texts``, shape ``(len(texts), dim)``."""
-        cached = self._cached(texts)
-        if all(vector is not None for vector in cached):
-            done: Future = Future()
+        cached = [vector for vector in self._cached(texts) if vector is not None]
+        if len(cached) == len(texts):
+            done: Future[np.ndarray] = Future()
             done.set_result(np.stack(cached))
             return done
         job = _Job(texts=list(texts))
         self._jobs.put(job)
         return job.future
 
-    def pieces(self, modality: str, payloads: Sequence) -> Future:
+    def pieces(self, modality: str, payloads: Sequence) -> Future[np.ndarray]:
         """A future of the unit mean vector of a decoded file's pieces (an image, audio windows)."""
         job = _Job(modality=modality, payloads=payloads)
         self._jobs.put(job)
@@ -124,16 +124,17 @@ class EncoderQueue:
                     break
                 waiting.append(more)
             self._embed_texts([j for j in waiting if j.modality is None])
-            for file_job in (j for j in waiting if j.modality is not None):
-                self._embed_pieces(file_job)
+            for file_job in waiting:
+                if file_job.modality is not None:
+                    self._embed_pieces(file_job, file_job.modality)
 
     def _embed_texts(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
         try:
             wanted = list(dict.fromkeys(text for job in jobs for text in job.texts))
-            known = dict(zip(wanted, self._cached(wanted)))
-            missing = [text for text, vector in known.items() if vector is None]
+            known = {text: vector for text, vector in zip(wanted, self._cached(wanted)) if vector is not None}
+            missing = [text for text in wanted if text not in known]
             if missing:
                 vectors = np.asarray(self._encoder().embed_texts(missing), dtype=np.float32)
                 self.batches += 1
@@ -146,9 +147,9 @@ class EncoderQueue:
         for job in jobs:
             job.future.set_result(np.stack([known[text] for text in job.texts]))
 
-    def _embed_pieces(self, job: _Job) -> None:
+    def _embed_pieces(self, job: _Job, modality: str) -> None:
         try:
-            vectors = self._encoder().embed(job.modality, list(job.payloads))
+            vectors = self._encoder().embed(modality, list(job.payloads))
             job.future.set_result(l2_normalise(np.asarray(vectors).mean(axis=0, keepdims=True))[0])
         except BaseException as exc:  # handed to the request, which reports it
             job.future.set_exception(exc)

@@ -66,9 +66,20 @@ def build_router(service: SearchService) -> APIRouter:
         rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
         min_prob: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
     ) -> JSONResponse:
-        fields = {"rerank": rerank, "reranker": reranker, "rerank_depth": rerank_depth, "min_prob": min_prob}
-        body = SearchBody(
-            q=q, like_id=like_id, k=k, offset=offset, modality=modality, where=where, min_score=min_score, **fields
+        body = SearchBody.model_validate(
+            {
+                "q": q,
+                "like_id": like_id,
+                "k": k,
+                "offset": offset,
+                "modality": modality,
+                "where": where,
+                "min_score": min_score,
+                "rerank": rerank,
+                "reranker": reranker,
+                "rerank_depth": rerank_depth,
+                "min_prob": min_prob,
+            }
         )
         query = await service.run(lambda: service.check(body))
         return JSONResponse(await service.search(query, _root(request)))
@@ -163,12 +174,14 @@ def build_router(service: SearchService) -> APIRouter:
         try:
             files = [f for f in form.getlist("file") if isinstance(f, UploadFile) and (f.filename or f.size)]
             weights = [str(w) for w in form.getlist("weight")]
-            fields = {key: value for key, value in form.items() if key not in ("file", "weight")}
-            if any(not isinstance(value, str) for value in fields.values()):
+            given = {key: value for key, value in form.items() if key not in ("file", "weight")}
+            texts = {key: value for key, value in given.items() if isinstance(value, str)}
+            if len(texts) != len(given):
                 raise UserInputError("only the field 'file' may hold files")
-            if isinstance(fields.get("vector"), str):
+            fields: dict[str, object] = dict(texts)
+            if "vector" in texts:
                 try:
-                    fields["vector"] = json.loads(fields["vector"])
+                    fields["vector"] = json.loads(texts["vector"])
                 except ValueError:
                     raise UserInputError("vector must be a JSON list of numbers") from None
             fields = {key: value for key, value in fields.items() if value != ""}  # empty form fields: not given

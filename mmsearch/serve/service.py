@@ -141,7 +141,7 @@ class SearchService:
         pool = self._filtered if filtered else self._plain
         return await self.wait(pool.submit(function), "the search")
 
-    async def wait(self, future: Future, what: str) -> T:
+    async def wait(self, future: Future[T], what: str) -> T:
         """Await a thread's future, giving up after the query time limit."""
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.query_timeout_s)
@@ -151,7 +151,10 @@ class SearchService:
     async def vectors(self, queries: Sequence[Query]) -> np.ndarray:
         """The unit query vector of each query (texts embedded in one batch)."""
         texts = list(dict.fromkeys(t.value for query in queries for t in query.terms))
-        text_vectors = dict(zip(texts, await self.wait(self.encoder.texts(texts), "encoding"))) if texts else {}
+        text_vectors: dict[str, np.ndarray] = {}
+        if texts:
+            embedded = await self.wait(self.encoder.texts(texts), "encoding")
+            text_vectors = dict(zip(texts, embedded))
         liked = [query.body.like_id for query in queries if query.body.like_id is not None]
         like_vectors = dict(zip(liked, await self.run(lambda: self._like_vectors(liked)))) if liked else {}
         file_vectors = [

@@ -24,7 +24,7 @@ from mmsearch.ingest.pipeline import decode_options
 
 CHILD_MEMORY_BYTES = 4 * 1024**3
 _context_lock = threading.Lock()
-_context: multiprocessing.context.BaseContext | None = None
+_context: multiprocessing.context.ForkServerContext | None = None
 
 
 class UploadTooLarge(UserInputError):
@@ -43,7 +43,7 @@ class DecodedUpload:
     pieces: list
 
 
-def _fork_context() -> multiprocessing.context.BaseContext:
+def _fork_context() -> multiprocessing.context.ForkServerContext:
     """The fork-server context, started on first use with the decoders preloaded."""
     global _context
     with _context_lock:
