@@ -13,11 +13,20 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
-from mmsearch.config import CHECKPOINT_S, DEFAULT_MODEL, INDEX_ENV, MODEL_ENV, default_index_path, default_model
+from mmsearch.config import (
+    CHECKPOINT_S,
+    DEFAULT_MODEL,
+    INDEX_ENV,
+    MODEL_ENV,
+    SERVER_ENV,
+    TOKEN_ENV,
+    default_index_path,
+    default_model,
+)
 from mmsearch.errors import MMSearchError, UserInputError
 
 if TYPE_CHECKING:
@@ -52,8 +61,6 @@ app = typer.Typer(
 )
 
 IndexOption = Annotated[Optional[Path], typer.Option("--index", "-i", metavar="DIR", help=_where_index_lives())]
-SERVER_ENV = "MMSEARCH_SERVER"
-TOKEN_ENV = "MMSEARCH_TOKEN"
 TokenOption = Annotated[
     Optional[str],
     typer.Option(
@@ -305,7 +312,7 @@ def _check_default_reranker(model: str | None) -> None:
         )
 
 
-def _summary_lines(summary: AddSummary, model: str) -> list[str]:
+def _summary_lines(summary: AddSummary, model: str | None) -> list[str]:
     """What an ``index`` run did, for people: counts, then what was left out and why."""
     lines = [
         f"{summary.index}: {summary.found} files found, {summary.embedded} embedded "
@@ -615,10 +622,13 @@ def _label_model(index: Path | None) -> str:
     one, else the default model."""
     from mmsearch.store import manifest as manifest_io
 
-    if index is not None:
-        return manifest_io.load(_index_path(index)).model
-    path = default_index_path()
-    return manifest_io.load(path).model if manifest_io.exists(path) else default_model()
+    path = _index_path(index) if index is not None else default_index_path()
+    if index is None and not manifest_io.exists(path):
+        return default_model()
+    model = manifest_io.load(path).model
+    if model is None:
+        raise UserInputError(f"index {path} holds vectors without a model; give one with --model")
+    return model
 
 
 @app.command()
@@ -967,7 +977,7 @@ def serve(
         from mmsearch.distributed.search import RayIndex
 
         _say(f"mmsearch: placing the shards of {path} on {_plural(ray_actors, 'Ray actor')} ...")
-        idx = RayIndex.open(path, device=device, actors=ray_actors, address=ray)
+        idx: Index = RayIndex.open(path, device=device, actors=ray_actors, address=ray)
     else:
         idx = _open(path, device)
     from mmsearch.serve.app import create_app
@@ -1063,8 +1073,9 @@ def models(json_out: JsonOption = False) -> None:
         typer.echo(f"{name:<30} {description}")
 
 
-def _click_errors() -> tuple[type[Exception], type[Exception]]:
-    """click's UsageError and ClickException, wherever this typer keeps click."""
+def _click_errors() -> tuple[type[Any], type[Any]]:
+    """click's UsageError and ClickException, wherever this typer keeps click (typed ``Any``:
+    which module defines them depends on the typer version)."""
     classes = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
     return classes["UsageError"], classes["ClickException"]
 

@@ -137,21 +137,30 @@ class Index:
         if dim is not None:
             if dim < 1:
                 raise UserInputError("dim must be at least 1")
-            spec = dict(model=None, space_id=f"vectors:{dim}", dim=dim, inputs=None)
+            spec, space_id, audio_space_id, inputs = None, f"vectors:{dim}", None, None
         else:
             started = time.perf_counter()
             encoder = encoder or registry.load_encoder(model or registry.default_model(), device)
             load_s = time.perf_counter() - started
-            spec = dict(
-                model=encoder.spec,
-                space_id=encoder.space_id,
-                audio_space_id=encoder.audio_space_id,
-                dim=encoder.dim,
-                inputs=inputs_of(encoder),
+            spec, space_id, audio_space_id, inputs = (
+                encoder.spec,
+                encoder.space_id,
+                encoder.audio_space_id,
+                inputs_of(encoder),
             )
-        recipes.resolve(recipe, 0, spec["dim"])  # a bad recipe fails here, not at the first seal
+            dim = encoder.dim
+        recipes.resolve(recipe, 0, dim)  # a bad recipe fails here, not at the first seal
         recipes.check_budget(recipe, max_memory)
-        manifest = Manifest(**spec, recipe=recipe, shard_size=shard_size, max_memory=max_memory)
+        manifest = Manifest(
+            spec,
+            space_id,
+            dim,
+            recipe,
+            shard_size,
+            max_memory=max_memory,
+            audio_space_id=audio_space_id,
+            inputs=inputs,
+        )
         with ShardWriter(path, manifest):
             pass
         index = cls(path, encoder, device)
@@ -276,7 +285,7 @@ class Index:
         if ray is not None:
             from mmsearch.distributed.ingest import add_files_ray
 
-            summary = add_files_ray(self.path, paths, lambda: self.encoder, options, ray, self.device)
+            summary: AddSummary = add_files_ray(self.path, paths, lambda: self.encoder, options, ray, self.device)
         else:
             summary = add_files(self.path, paths, lambda: self.encoder, options)
         if self._unbilled_load_s:

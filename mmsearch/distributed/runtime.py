@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from types import ModuleType
 
+from mmsearch.config import ray_address
 from mmsearch.errors import UserInputError, one_line
 
 INSTALL_HINT = "pip install 'mmsearch[ray]'"
@@ -32,7 +32,7 @@ def connect(address: str = "auto", num_cpus: int | None = None) -> ModuleType:
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
+    target = ray_address() if address == "auto" else address
     if target == "local":
         target = None
     if target is not None:

@@ -33,6 +33,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.errors import one_line
 from mmsearch.hashing import file_digest
 from mmsearch.ingest import device_jpeg
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, RAW_EXTENSIONS, RAW_HINT, sniff
@@ -167,7 +168,7 @@ def decode(
     except (DecodeError, FetchError) as exc:
         result.error = str(exc)
     except Exception as exc:  # any decoder failure is a per-file outcome, never a crash
-        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        result.error = one_line(f"{type(exc).__name__}: {exc}", 300)
     if result.error is not None and result.parts > 1:
         result.error = f"part {part.index + 1} of {result.parts}: {result.error}"
     said = _joined(notes)

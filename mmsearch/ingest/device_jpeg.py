@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmsearch.errors import one_line
+
 MAX_DEVICE_PIXELS = 50_000_000  # larger photos take the CPU path, which decodes them reduced
 DEFERRABLE_MODES = ("RGB", "L")  # 8-bit baseline colour or grey; CMYK and the like stay on the CPU
 READERS = 8  # threads reading deferred files back (reads release the GIL)
@@ -128,7 +130,7 @@ def _one(data: Any, device: str) -> Any:
         with Image.open(io.BytesIO(data.numpy())) as image:
             pixels = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"not a readable image file ({str(exc).splitlines()[0][:200]})"
+        return f"not a readable image file ({one_line(exc)})"
     return torch.from_numpy(pixels).permute(2, 0, 1).to(device)
 
 

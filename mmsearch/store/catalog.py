@@ -106,7 +106,7 @@ class Catalog:
         ids.setflags(write=False)
         return ids
 
-    def positions(self, ids: Sequence[int]) -> np.ndarray:
+    def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Row numbers in ``items`` of live ``ids`` (unknown ids are left out)."""
         wanted = np.asarray(ids, dtype=np.int64)
         at = np.searchsorted(self._sorted_ids, wanted)
