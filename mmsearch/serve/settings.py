@@ -7,19 +7,13 @@ The CLI checks the bind address before anything heavy loads, so a refused
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmsearch.config import thumbnail_dir
 from mmsearch.errors import UserInputError
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
-
-
-def default_thumb_cache() -> Path:
-    """Thumbnails are derived data: they live in the user's cache, never inside an index."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "mmsearch" / "thumbs"
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +54,7 @@ class ServeSettings:
     query_timeout_s: float = 30.0
     max_sql_rows: int = 10_000
     thumb_size: int = 256
-    thumb_cache: Path = field(default_factory=default_thumb_cache)
+    thumb_cache: Path = field(default_factory=thumbnail_dir)
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values accepted without a token
     warm: bool = True  # load the encoder before the first request
     encoder_threads: int = 1  # torch threads per query forward pass (see EncoderQueue)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps, features
 
-from mmsearch.errors import UserInputError
+from mmsearch.errors import UserInputError, one_line
 from mmsearch.ingest.decode import DecodeOptions, open_image
 from mmsearch.search.segments import is_timed_video
 from mmsearch.serve.items import ItemNotFound
@@ -131,4 +131,4 @@ class Thumbnails:
 
 
 def _unmade(row: dict, exc: Exception) -> UserInputError:
-    return UserInputError(f"cannot make a thumbnail of item {row['id']}: {exc}".splitlines()[0])
+    return UserInputError(f"cannot make a thumbnail of item {row['id']}: {one_line(exc)}")

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
-from mmsearch.errors import UserInputError
+from mmsearch.errors import UserInputError, one_line
 from mmsearch.ingest.decode import DecodeOptions
 from mmsearch.ingest.discover import DECODER_OF_FORMAT, HEAD_BYTES, sniff
 from mmsearch.ingest.pipeline import decode_options
@@ -122,7 +122,7 @@ def _decode_child(sender: Connection, path: str, modality: str, options: DecodeO
     except MemoryError:
         outcome = ("too-large", "the upload needs more memory to decode than this server allows")
     except Exception as exc:  # reported to the client as one line
-        outcome = ("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        outcome = ("error", one_line(f"{type(exc).__name__}: {exc}", 300))
     sender.send(outcome)
     sender.close()
     os._exit(0)  # skip interpreter teardown: the parent has what it needs
