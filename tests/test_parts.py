@@ -200,8 +200,8 @@ def test_a_merge_of_more_rows_than_a_shard_is_published_in_one_commit(tmp_path: 
     seen: list[int] = []
     commit = manifest_io.commit
 
-    def counting(folder: Path, manifest) -> None:
-        commit(folder, manifest)
+    def counting(folder: Path, manifest, before_write=None) -> None:
+        commit(folder, manifest, before_write)
         seen.append(Index.open(folder).sql("SELECT count(*) AS n FROM items").to_pylist()[0]["n"])
 
     monkeypatch.setattr(manifest_io, "commit", counting)

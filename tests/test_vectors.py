@@ -226,3 +226,18 @@ def test_overfetch_falls_back_when_the_nearest_rows_are_all_deleted(tmp_path: Pa
     hits = idx.search(vector=near[0], k=5)
     truth = brute(far, ids[40:], near[:1], 5)[0]
     assert [h.id for h in hits] == truth
+
+
+def test_a_superseded_deletions_file_outlives_its_commit_for_readers(tmp_path: Path) -> None:
+    """A reader that read the previous manifest reads its deletions file next: a commit that
+    names a new one must retire the old one (kept for the grace period), not sweep it at once."""
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    ids = idx.add_vectors(clustered(20), rows(20))
+    idx.remove_ids(ids[:2])
+    first = idx.manifest.deletions
+    reader_view = manifest_io.load(idx.path)  # what a reader holds between its two reads
+    idx.remove_ids(ids[2:4])
+    assert idx.manifest.deletions != first and first in idx.manifest.retired
+    assert (idx.path / "shards" / first).is_file()
+    assert manifest_io.load(idx.path).tombstones.tolist() == sorted(ids[:4])
+    assert reader_view.tombstones.tolist() == sorted(ids[:2])

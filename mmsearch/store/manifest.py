@@ -164,10 +164,12 @@ def _read_deletions(path: Path) -> np.ndarray:
         raise ShardDamagedError(path, str(exc)) from None
 
 
-def commit(index_dir: Path, manifest: Manifest) -> None:
-    """Bump the generation and atomically replace the manifest (writing the deletions
-    file first when the deleted ids changed: the set, not only their number, for hidden
-    rows of a file still arriving give way to others)."""
+def commit(index_dir: Path, manifest: Manifest, before_write: Callable[[], None] | None = None) -> None:
+    """Bump the generation and atomically replace the manifest, writing the deletions file
+    first when the deleted ids changed (the set, not only their number, for hidden rows of a
+    file still arriving give way to others). ``before_write`` runs once the new generation
+    names its files, before the manifest is replaced: the writer records there which files
+    it no longer names (a deletions file superseded here included)."""
     manifest.generation += 1
     manifest.updated_at = _now()
     tombstones = np.unique(manifest.tombstones)
@@ -177,4 +179,6 @@ def commit(index_dir: Path, manifest: Manifest) -> None:
             target = Path(index_dir) / SHARDS_DIR / manifest.deletions
             atomic_write(target, lambda tmp: tmp.write_bytes(tombstones.astype("<i8").tobytes()))
     manifest.tombstones = manifest.written = tombstones
+    if before_write is not None:
+        before_write()
     atomic_write_bytes(manifest_path(index_dir), manifest.to_json())

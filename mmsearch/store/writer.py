@@ -273,8 +273,7 @@ class ShardWriter:
         hidden = sealed[~np.isin(sealed, np.concatenate([np.empty(0, np.int64), *self._visible]))]
         dead = self._base_tombstones | self._superseded | set(hidden.tolist())
         self.manifest.tombstones = np.array(sorted(dead), dtype=np.int64)
-        self._retire()
-        manifest_io.commit(self.dir, self.manifest)
+        manifest_io.commit(self.dir, self.manifest, before_write=self._retire)  # a superseded deletions file retires
         self._committed_names = _named_files(self.manifest)
         self._published_at = time.monotonic()
         self.sweep()
