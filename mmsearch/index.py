@@ -479,7 +479,7 @@ class Index:
         from mmsearch.rerank.prepare import prepare
 
         reranker = self.reranker(spec)
-        return prepare(self.path, self.refresh().catalog, reranker, progress=progress)
+        return prepare(self.refresh().catalog, reranker, progress=progress)
 
     def search_batch(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from array import array
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from mmsearch.errors import UserInputError
 from mmsearch.rerank.base import Candidate, Reranker
 from mmsearch.rerank.cache import Features, Key, content_key, item_key
 from mmsearch.rerank.stage import candidate_of_row
-from mmsearch.rerank.store import FeatureStore, store_dir, tag_of
+from mmsearch.rerank.store import FeatureStore, tag_of
 from mmsearch.store.catalog import Catalog
 
 BATCH = 64  # candidates through the re-ranker's towers at once
@@ -45,13 +44,14 @@ class Prepared:
         return asdict(self)
 
 
-def prepare(index_dir: Path, catalog: Catalog, reranker: Reranker, *, progress: bool = False) -> Prepared:
-    """Fill the index's store for ``reranker`` with the features of the items in ``catalog``."""
-    if reranker.feature_space is None:
+def prepare(catalog: Catalog, reranker: Reranker, *, progress: bool = False) -> Prepared:
+    """Fill ``reranker``'s store (the index's, see ``Index.reranker``) with the features of
+    the items in ``catalog``."""
+    store = reranker.store
+    if store is None:
         raise UserInputError(f"re-ranker {reranker.spec!r} keeps no per-item features to prepare")
     from tqdm import tqdm
 
-    store = FeatureStore(store_dir(index_dir, reranker.feature_space))
     judged = sorted({item for _, item in reranker.pairs})
     ids = catalog.ids_where(" OR ".join(f"modality = '{m}'" for m in judged))
     run = _Run(store, reranker)
