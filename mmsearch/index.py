@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -42,6 +42,7 @@ from mmsearch.search.query import Term
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store import recipes
 from mmsearch.store.manifest import Manifest
+from mmsearch.store.rows import RowsOnDemand
 from mmsearch.store.schema import vector_rows
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter
@@ -59,14 +60,40 @@ def _jsonable(value: object) -> object:
 @dataclass(frozen=True)
 class SearchResult:
     """One hit: cosine similarity ``score`` (higher is closer) and the item's metadata;
-    after re-ranking, ``match_prob`` is the re-ranker's calibrated probability of a match."""
+    after re-ranking, ``match_prob`` is the re-ranker's calibrated probability of a match.
+
+    ``rows`` holds the hit's metadata row under its ``id``: a search's hits share one that
+    reads all their rows the first time any hit's ``path``, ``modality`` or ``metadata``
+    is wanted, so a caller that needs only ids and scores never pays for rows.
+    """
 
     id: int
     score: float
-    path: str
-    modality: str
-    metadata: dict
+    rows: Mapping[int, dict] = field(repr=False, compare=False)
     match_prob: float | None = None
+
+    @classmethod
+    def of_row(cls, row: dict, score: float = 0.0) -> SearchResult:
+        """A hit for a metadata row already at hand."""
+        return cls(row["id"], score, {row["id"]: row})
+
+    @property
+    def metadata(self) -> dict:
+        """The item's row of ``items`` (every column; ``None`` where it has no value)."""
+        return self.rows[self.id]
+
+    @property
+    def path(self) -> str:
+        return self.metadata["path"]
+
+    @property
+    def modality(self) -> str:
+        return self.metadata["modality"]
+
+    def __repr__(self) -> str:
+        judged = "" if self.match_prob is None else f", match_prob={self.match_prob!r}"
+        where = f"path={self.path!r}, modality={self.modality!r}"
+        return f"SearchResult(id={self.id!r}, score={self.score!r}{judged}, {where})"
 
     @property
     def start_s(self) -> float | None:
@@ -519,21 +546,25 @@ class Index:
             condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
             floors = self._floors(snap, queries, returned, min_score)
 
-            def ranked(top: int) -> list[list[segments.Ranked]]:
-                found = self._top_k(snap, queries, top, condition)
-                found = [
+            def top(k: int) -> list[list[searcher.Hit]]:
+                found = self._top_k(snap, queries, k, condition)
+                return [
                     [hit for hit in hits if hit[0] >= floor] if floor is not None else hits
                     for hits, floor in zip(found, floors)
                 ]
-                rows = self._rows(snap, sorted({i for hits in found for _, i in hits}))
+
+            def ranked(k: int) -> list[list[segments.Ranked]]:
+                found = top(k)
+                rows = self._rows(snap, _ids_of(found))
                 return [[(s, i, rows[i]) for s, i in hits] for hits in found]
 
             total = sum(counts.values())
             if group and returned in ("video", "any") and "video" in counts:
-                results = segments.top_segments(ranked, k, total)
-            else:
-                results = ranked(min(k, total))
-            return [[SearchResult(i, s, row["path"], row["modality"], row) for s, i, row in hits] for hits in results]
+                grouped = segments.top_segments(ranked, k, total)
+                return [[SearchResult(i, s, {i: row}) for s, i, row in hits] for hits in grouped]
+            found = top(min(k, total))
+            rows = self._hit_rows(snap, lambda: _ids_of(found))
+            return [[SearchResult(i, s, rows) for s, i in hits] for hits in found]
 
         return self._read(lookup)
 
@@ -545,6 +576,10 @@ class Index:
 
     def _rows(self, snap: Snapshot, ids: Sequence[int]) -> dict[int, dict]:
         return snap.catalog.rows(ids)
+
+    def _hit_rows(self, snap: Snapshot, ids: Callable[[], list[int]]) -> Mapping[int, dict]:
+        """The rows of a search's hits, read from the catalog in memory when first wanted."""
+        return RowsOnDemand(lambda: self._rows(snap, ids()))
 
     def _vectors(self, snap: Snapshot, ids: np.ndarray) -> np.ndarray:
         return _live_vectors(snap, ids)
@@ -709,6 +744,10 @@ def found_vectors(snap: Snapshot, unique: np.ndarray) -> tuple[np.ndarray, np.nd
             at = np.searchsorted(unique, shard.ids[rows])
             out[at], found[at] = shard.vectors(rows), True
     return out, found & ~np.isin(unique, snap.tombstones)
+
+
+def _ids_of(found: list[list[searcher.Hit]]) -> list[int]:
+    return sorted({i for hits in found for _, i in hits})
 
 
 def _combine(*conditions: str | None) -> str | None:

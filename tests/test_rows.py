@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mmsearch.store.rows import RowReader
+from mmsearch.store.rows import RowReader, RowsOnDemand
 
 
 def table(n: int = 50) -> pa.Table:
@@ -54,3 +54,17 @@ def test_timestamps_keep_their_zone() -> None:
     moment = dt.datetime(2026, 11, 26, 23, 0, tzinfo=dt.timezone.utc)
     data = pa.table({"at": pa.array([moment], pa.timestamp("us", tz="UTC"))})
     assert RowReader(data)(np.array([0]))[0]["at"] == moment
+
+
+def test_rows_on_demand_read_once_when_first_wanted_then_let_the_reader_go() -> None:
+    reads: list[int] = []
+
+    def read() -> dict[int, dict]:
+        reads.append(1)
+        return {7: {"id": 7, "path": "a"}, 9: {"id": 9, "path": "b"}}
+
+    rows = RowsOnDemand(read)
+    assert reads == []
+    assert rows[9]["path"] == "b" and rows[7]["path"] == "a" and sorted(rows) == [7, 9] and len(rows) == 2
+    assert reads == [1]
+    assert rows._read is None  # the generation's catalog it closed over can be freed

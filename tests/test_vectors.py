@@ -218,6 +218,19 @@ def test_items_by_id(tmp_path: Path) -> None:
     assert held == ["id", "modality", "path", "width", "extra"]
 
 
+def test_hits_read_their_generation_rows_on_first_use_even_after_later_commits(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    vectors = clustered(30)
+    ids = idx.add_vectors(vectors, rows(30))
+    hits = idx.search(vector=vectors[4], k=3)
+    idx.remove_ids(ids)  # a new generation without these items; the hits keep theirs
+    idx.compact()
+    assert hits[0].id == ids[4] and hits[0].path == "item-4" and hits[0].modality == "image"
+    assert [h.metadata["width"] for h in hits] == [list(ids).index(h.id) for h in hits]
+    assert "path='item-4'" in repr(hits[0]) and hits[0].to_dict()["width"] == 4
+    assert idx.search(vector=vectors[4], k=3) == []
+
+
 def test_overfetch_falls_back_when_the_nearest_rows_are_all_deleted(tmp_path: Path) -> None:
     idx = Index.create(tmp_path / "v", dim=DIM)
     near, far = clustered(40, seed=5, clusters=1), clustered(60, seed=6)

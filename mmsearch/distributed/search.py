@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,9 @@ class RayIndex(Index):
         for rows in self._each("rows", snap, list(ids)):
             found |= rows
         return found
+
+    def _hit_rows(self, snap: Snapshot, ids: Callable[[], list[int]]) -> Mapping[int, dict]:
+        return self._rows(snap, ids())  # now, while the actors still hold this generation
 
     def _vectors(self, snap: Snapshot, ids: np.ndarray) -> np.ndarray:
         unique, inverse = np.unique(ids, return_inverse=True)

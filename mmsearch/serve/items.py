@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from mmsearch.errors import UserInputError
-from mmsearch.index import Index, SearchResult
+from mmsearch.index import Index
 
 CACHE_SIZE = 20_000
 
@@ -35,12 +35,13 @@ class ItemRows:
         """The newest committed generation (a ``stat`` of the manifest)."""
         return self.index.refresh().generation
 
-    def remember(self, generation: int, hits: Iterable[SearchResult]) -> None:
+    def remember(self, generation: int, rows: Iterable[dict]) -> None:
         """Keep the rows a search on ``generation`` returned."""
+        rows = list(rows)  # read outside the lock: a search's rows are read on first use
         with self._lock:
-            for hit in hits:
-                self._rows[(generation, hit.id)] = hit.metadata
-                self._rows.move_to_end((generation, hit.id))
+            for row in rows:
+                self._rows[(generation, row["id"])] = row
+                self._rows.move_to_end((generation, row["id"]))
             while len(self._rows) > self._size:
                 self._rows.popitem(last=False)
 
@@ -55,5 +56,5 @@ class ItemRows:
         if row is None:
             raise ItemNotFound(f"no item with id {item_id}")
         if self.generation() == generation:
-            self.remember(generation, [SearchResult(item_id, 0.0, row["path"], row["modality"], row)])
+            self.remember(generation, [row])
         return row

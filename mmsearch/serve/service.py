@@ -232,7 +232,7 @@ class SearchService:
         answers = []
         for query, hits in zip(queries, found):
             if before == after:
-                self.items.remember(after, hits)
+                self.items.remember(after, (hit.metadata for hit in hits))
             more = len(hits) >= self._fetch(query)  # the index may hold more beyond this page
             if query.body.like_id is not None:
                 hits = [hit for hit in hits if hit.id != query.body.like_id]
@@ -277,7 +277,7 @@ class SearchService:
     def item(self, item_id: int, root: str = "") -> dict:
         """One item's metadata, as a search result shows it (without a score)."""
         row = self.items.get(item_id)
-        fields = SearchResult(item_id, 0.0, row["path"], row["modality"], row).to_dict()
+        fields = SearchResult.of_row(row).to_dict()
         del fields["score"]
         return self.hit(fields, root)
 

@@ -10,7 +10,8 @@ back to Arrow, so every column still reads the same values ``to_pylist`` gives.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -82,3 +83,34 @@ def _values_reader(array: pa.Array) -> Reader | None:
         zone = pa.scalar(0, kind).as_py().tzinfo  # the very tzinfo Arrow's as_py attaches
         return lambda positions: [moment.replace(tzinfo=zone) for moment in ticks[positions].astype(unit).tolist()]
     return None
+
+
+class RowsOnDemand(Mapping[int, dict]):
+    """Rows keyed by id, read all together the first time any of them is wanted.
+
+    A query's hits share one: a search that only needs ids and scores (a search product
+    joining on its own ids, a benchmark) never builds a row, as Lucene loads stored fields
+    only for the documents a caller reads. Once read, the reader (and the generation's
+    catalog it holds) is let go.
+    """
+
+    def __init__(self, read: Callable[[], dict[int, dict]]) -> None:
+        self._read: Callable[[], dict[int, dict]] | None = read
+        self._rows: dict[int, dict] | None = None
+        self._lock = threading.Lock()
+
+    def _all(self) -> dict[int, dict]:
+        if self._rows is None:
+            with self._lock:
+                if self._rows is None and self._read is not None:
+                    self._rows, self._read = self._read(), None
+        return self._rows if self._rows is not None else {}
+
+    def __getitem__(self, item_id: int) -> dict:
+        return self._all()[item_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
