@@ -125,11 +125,11 @@ class FeatureStore:
         """Map one pack; its number, or ``None`` when it is damaged (then skipped, and listed in ``damaged``)."""
         self._loaded.add(name)
         try:
-            keys = np.load(keys_file, mmap_mode="r")
+            keys = _mapped(keys_file)
             arrays = []
             part = 0
             while (self.folder / f"{name}.{part}.npy").is_file():
-                arrays.append(np.load(self.folder / f"{name}.{part}.npy", mmap_mode="r"))
+                arrays.append(_mapped(self.folder / f"{name}.{part}.npy"))
                 part += 1
         except (OSError, ValueError, EOFError):
             self.damaged.append(name)
@@ -224,6 +224,13 @@ def _entries(pack: int, keys: np.ndarray) -> np.ndarray:
     entries["pack"] = pack
     entries["row"] = np.arange(len(keys))
     return entries
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """The array in a ``.npy`` file, memory-mapped read-only, as a plain ndarray view (it keeps
+    the map open): indexing an ``np.memmap`` runs Python code on every access, which cost
+    more than the rest of a 50-candidate look-up."""
+    return np.load(path, mmap_mode="r").view(np.ndarray)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
