@@ -363,15 +363,16 @@ def test_indexed_candidates_hit_by_catalog_hash_renames_hit_and_edits_miss(tmp_p
     assert gone["moved.png"] == 0.0 and len(cache) == 2  # no stale features for a file that is gone
 
 
-def test_matcher_attention_is_multihead_attention_with_the_same_weights() -> None:
+@pytest.mark.parametrize("keys", [7, 16, 20])  # padded to 16, as it is, padded to 32
+def test_matcher_attention_is_multihead_attention_with_the_same_weights(keys: int) -> None:
     import torch
 
     from mmsearch.rerank.cross import attend
 
     torch.manual_seed(0)
     layer = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
-    query, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
-    valid = torch.rand(3, 7) > 0.3
+    query, memory = torch.randn(3, 5, 16), torch.randn(3, keys, 16)
+    valid = torch.rand(3, keys) > 0.3
     valid[:, 0] = True
     expected = layer(query, memory, memory, key_padding_mask=~valid, need_weights=False)[0]
     assert torch.allclose(attend(layer, query, memory, valid), expected, atol=1e-6)

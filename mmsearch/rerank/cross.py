@@ -67,17 +67,29 @@ def attend(
     layer: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``layer(query, memory, memory)`` (``valid`` (n, S): the memory tokens that may be
-    attended to) with its own weights, straight through ``scaled_dot_product_attention``: the
-    same numbers without ``MultiheadAttention``'s general-purpose checks, which cost more
-    than the attention itself at re-ranking sizes."""
+    attended to) with its own weights, without ``MultiheadAttention``'s general-purpose
+    checks, which cost more than the attention itself at re-ranking sizes."""
     width, heads = query.shape[-1], layer.num_heads
     weight, bias = layer.in_proj_weight, layer.in_proj_bias
     q = nn.functional.linear(query, weight[:width], bias[:width])
     k, v = nn.functional.linear(memory, weight[width:], bias[width:]).chunk(2, dim=-1)
     q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
-    mask = None if valid is None else valid[:, None, None, :]
-    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = attention(q, k, v, None if valid is None else valid[:, None, None, :])
     return layer.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` over the keys ``allowed`` lets through, the keys padded with
+    masked slots to a multiple of 16: torch's CPU softmax vectorises only rows of a multiple
+    of 16, and both it and ``scaled_dot_product_attention`` took 1.6-6× as long on the 10 to
+    15 tokens of a query text or a sound (the judge of 50 candidates: 5.2 → 4.7 ms)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    keys = scores.shape[-1]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if keys % 16:
+        scores = nn.functional.pad(scores, (0, -keys % 16), value=float("-inf"))
+    return scores.softmax(-1)[..., :keys] @ v
 
 
 class CrossMatcher(nn.Module):
