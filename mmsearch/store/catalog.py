@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 
 import duckdb
 import numpy as np
@@ -75,17 +75,23 @@ class Catalog:
         if con is None:
             con = duckdb.connect()
             con.register("stored_items", self.items)
-            types = _sql_types(con)
-            columns = ", ".join(
-                name if name in self.items.column_names else f"CAST(NULL AS {types[name]}) AS {name}"
-                for name in ITEM_SCHEMA.names
-            )
-            con.execute(f"CREATE VIEW items AS SELECT {columns} FROM stored_items")
+            con.execute(self._items_view)
             con.register("failures", self.failures)
             for statement in SANDBOX:
                 con.execute(statement)
             self._local.con = con
         return con
+
+    @cached_property
+    def _items_view(self) -> str:
+        """The ``items`` view over ``stored_items``: the columns held back (null in every row)
+        read as NULLs of their type, so SQL sees the whole schema."""
+        types = _sql_types()
+        columns = ", ".join(
+            name if name in self.items.column_names else f"CAST(NULL AS {types[name]}) AS {name}"
+            for name in ITEM_SCHEMA.names
+        )
+        return f"CREATE VIEW items AS SELECT {columns} FROM stored_items"
 
     def __len__(self) -> int:
         return self.items.num_rows
@@ -172,13 +178,15 @@ class Catalog:
         return int(self.table(f"SELECT count(*) AS files FROM ({short})")["files"][0].as_py())
 
 
-def _sql_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """DuckDB's type of each items column, as it reads the Arrow schema."""
-    con.register("item_types", ITEM_SCHEMA.empty_table())
+@cache
+def _sql_types() -> dict[str, str]:
+    """DuckDB's type of each items column, as it reads the Arrow schema (once per process)."""
+    con = duckdb.connect()
     try:
+        con.register("item_types", ITEM_SCHEMA.empty_table())
         return dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE item_types)").fetchall())
     finally:
-        con.unregister("item_types")
+        con.close()
 
 
 def paths_under(paths: pa.ChunkedArray | pa.Array, roots: Sequence[str]) -> np.ndarray:
