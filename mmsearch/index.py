@@ -90,6 +90,10 @@ class SearchResult:
     def modality(self) -> str:
         return self.metadata["modality"]
 
+    def __reduce__(self) -> tuple:
+        """Pickled and copied with its own row only (not the shared reader, nor its search's other rows)."""
+        return SearchResult, (self.id, self.score, {self.id: self.metadata}, self.match_prob)
+
     def __repr__(self) -> str:
         judged = "" if self.match_prob is None else f", match_prob={self.match_prob!r}"
         where = f"path={self.path!r}, modality={self.modality!r}"
@@ -578,8 +582,10 @@ class Index:
         return snap.catalog.rows(ids)
 
     def _hit_rows(self, snap: Snapshot, ids: Callable[[], list[int]]) -> Mapping[int, dict]:
-        """The rows of a search's hits, read from the catalog in memory when first wanted."""
-        return RowsOnDemand(lambda: self._rows(snap, ids()))
+        """The rows of a search's hits, read from the catalog in memory when first wanted (hits
+        not yet read hold the generation's catalog, not its shards)."""
+        catalog = snap.catalog
+        return RowsOnDemand(lambda: catalog.rows(ids()))
 
     def _vectors(self, snap: Snapshot, ids: np.ndarray) -> np.ndarray:
         return _live_vectors(snap, ids)

@@ -3,7 +3,10 @@ segments on synthetic clustered vectors (no model, no torch), checked against br
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +232,20 @@ def test_hits_read_their_generation_rows_on_first_use_even_after_later_commits(t
     assert [h.metadata["width"] for h in hits] == [list(ids).index(h.id) for h in hits]
     assert "path='item-4'" in repr(hits[0]) and hits[0].to_dict()["width"] == 4
     assert idx.search(vector=vectors[4], k=3) == []
+
+
+def test_hits_pickle_and_copy_with_their_own_row(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    vectors = clustered(10)
+    idx.add_vectors(vectors, rows(10))
+    for read_first in (False, True):
+        hits = idx.search(vector=vectors[2], k=3)
+        if read_first:
+            assert hits[1].path
+        for copied in (pickle.loads(pickle.dumps(hits)), copy.deepcopy(hits)):
+            assert [(h.id, h.score, h.metadata) for h in copied] == [(h.id, h.score, h.metadata) for h in hits]
+            assert list(copied[0].rows) == [hits[0].id]  # not the other hits' rows, nor the reader
+        assert dataclasses.asdict(hits[0])["rows"][hits[0].id]["path"] == hits[0].path
 
 
 def test_overfetch_falls_back_when_the_nearest_rows_are_all_deleted(tmp_path: Path) -> None:

@@ -218,7 +218,7 @@ class SearchService:
         first = queries[0]
         where, min_score = first.body.where, first.body.min_score
 
-        def search() -> tuple[int, list[list[SearchResult]], int]:
+        def search() -> tuple[int, list[list[SearchResult]], list[list[dict]], int]:
             before = self.items.generation()
             if reranks(first.body):
                 found = [self._reranked(query) for query in queries]
@@ -226,13 +226,14 @@ class SearchService:
                 found = self.index.search_batch(
                     vectors, k=self._fetch(first), where=where, modality=first.returned, min_score=min_score
                 )
-            return before, found, self.items.generation()
+            rows = [[hit.metadata for hit in hits] for hits in found]  # read on first use: here, off the event loop
+            return before, found, rows, self.items.generation()
 
-        before, found, after = await self.run(search, filtered=bool(where))
+        before, found, rows, after = await self.run(search, filtered=bool(where))
         answers = []
-        for query, hits in zip(queries, found):
+        for query, hits, hit_rows in zip(queries, found, rows):
             if before == after:
-                self.items.remember(after, (hit.metadata for hit in hits))
+                self.items.remember(after, hit_rows)
             more = len(hits) >= self._fetch(query)  # the index may hold more beyond this page
             if query.body.like_id is not None:
                 hits = [hit for hit in hits if hit.id != query.body.like_id]

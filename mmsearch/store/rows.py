@@ -109,6 +109,10 @@ class RowsOnDemand(Mapping[int, dict]):
     def __getitem__(self, item_id: int) -> dict:
         return self._all()[item_id]
 
+    def __reduce__(self) -> tuple:
+        """Pickled and copied as the plain dict of its rows (its lock and reader stay behind)."""
+        return dict, (self._all(),)
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._all())
 
