@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmsearch import world
+from mmsearch.errors import UserInputError
 from mmsearch.evaluation import Scorer, VideoScorer
 from mmsearch.index import Index
 
@@ -22,10 +23,17 @@ def _truth(world_dir: Path) -> dict[str, dict]:
         return {str((world_dir / row["file"]).resolve()): row for row in csv.DictReader(handle)}
 
 
+MIN_IMAGES = 40  # fewer scenes leave some query directions without a relevant item to score
+
+
 def run_demo(
     folder: Path, images: int = 480, seed: int = 7, say: Callable[[str], None] = print, videos: int = 8
 ) -> dict:
     """Generate, index, query and score; returns the scores per direction."""
+    if images < MIN_IMAGES or videos < 0:
+        raise UserInputError(f"the demo needs at least {MIN_IMAGES} scenes and no negative number of videos")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise UserInputError(f"{folder} is a file, not a folder for the demo")
     world_dir, index_dir = Path(folder) / "world", Path(folder) / "index"
     index = Index.open_or_create(index_dir, "demo")
     sounds = "audio" in index.encoder.modalities

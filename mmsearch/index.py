@@ -160,6 +160,7 @@ class Index:
         path = Path(path)
         if manifest_io.exists(path):
             raise UserInputError(f"an index already exists at {path}")
+        manifest_io.check_not_orphaned(path)
         if shard_size < 1:
             raise UserInputError("shard size must be at least 1")
         if dim is not None and (model is not None or encoder is not None):
@@ -411,6 +412,8 @@ class Index:
                 recipes.check_budget(writer.manifest.recipe, max_memory)
                 writer.manifest.max_memory = max_memory
             shards, dead = writer.detach_all()
+            for shard in shards:
+                shard.check_intact()
             dead_ids = np.fromiter(dead, np.int64, len(dead))
             writer.expected_rows = sum(int(np.count_nonzero(~np.isin(s.ids, dead_ids))) for s in shards)
             for shard in shards:

@@ -108,6 +108,8 @@ def export(
     if not out.parent.is_dir():
         raise UserInputError(f"folder {out.parent} does not exist")
     snap = index.refresh()
+    for shard in snap.shards:
+        shard.check_intact()
     counts = _live_counts(snap)
     plan = _plan_chunks(counts, chunk_rows)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

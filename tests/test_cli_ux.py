@@ -320,3 +320,12 @@ def test_query_paths_nul_separated(demo_index: dict) -> None:
     assert result.stdout.endswith("\0") and "\n" not in result.stdout
     paths = result.stdout.split("\0")[:-1]
     assert len(paths) == 4 and all(Path(path).is_file() for path in paths)
+
+
+def test_demo_refuses_too_few_scenes_and_a_file_for_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for args in (["demo", str(tmp_path / "d"), "--images", "3"], ["demo", str(tmp_path / "afile")]):
+        result = run(*args, env=cli_env(tmp_path))
+        assert result.returncode == 2
+        assert re.search(r"at least 40 scenes|is a file, not a folder", one_error_line(result))
+    assert not (tmp_path / "d").exists()

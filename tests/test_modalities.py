@@ -132,3 +132,13 @@ def index_with_photos(tmp_path: Path, encoder, photos: Path) -> Index:
     idx = Index.create(tmp_path / "index", encoder=encoder)
     idx.add([photos], workers=0)
     return idx
+
+
+def test_a_query_file_whose_embedding_is_not_finite_is_a_user_error(tmp_path: Path) -> None:
+    import soundfile
+
+    nan = tmp_path / "nan.wav"
+    soundfile.write(nan, np.full(16_000, np.nan, np.float32), 16_000, subtype="FLOAT")
+    idx = Index.create(tmp_path / "index", model="demo")
+    with pytest.raises(UserInputError, match="embedding is not finite"):
+        idx.search(audio=nan)

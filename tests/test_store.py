@@ -58,3 +58,20 @@ def test_deletions_are_rewritten_when_the_set_changes_at_the_same_size(tmp_path:
     name = m.deletions
     manifest.commit(tmp_path, m)
     assert m.deletions == name  # unchanged: not written again
+
+
+def test_shards_without_a_manifest_are_a_damaged_index_never_built_over(tmp_path: Path) -> None:
+    from conftest import run_cli
+    from mmsearch import Index
+
+    path = tmp_path / "idx"
+    Index.create(path, dim=4).add_vectors(np.eye(4, dtype=np.float32), [{"path": str(i)} for i in range(4)])
+    manifest.manifest_path(path).unlink()
+    before = {p.name: p.read_bytes() for p in (path / manifest.SHARDS_DIR).iterdir()}
+    for attempt in (lambda: Index.create(path, dim=4), lambda: Index.open(path), lambda: Index.open_or_create(path)):
+        with pytest.raises(IndexFormatError, match=r"holds shard files but no manifest\.json"):
+            attempt()
+    done = run_cli("info", "--index", str(path))
+    assert done.returncode != 0 and "holds shard files but no manifest.json" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in (path / manifest.SHARDS_DIR).iterdir()} == before

@@ -271,3 +271,21 @@ def test_a_superseded_deletions_file_outlives_its_commit_for_readers(tmp_path: P
     assert (idx.path / "shards" / first).is_file()
     assert manifest_io.load(idx.path).tombstones.tolist() == sorted(ids[:4])
     assert reader_view.tombstones.tolist() == sorted(ids[:2])
+
+
+def test_compact_and_export_refuse_damaged_shards_instead_of_sealing_the_damage(tmp_path: Path) -> None:
+    from mmsearch.errors import IndexFormatError
+    from mmsearch.interop import export
+
+    idx = Index.create(tmp_path / "v", dim=DIM, shard_size=20)
+    idx.add_vectors(clustered(40), rows(40))
+    damaged = sorted((tmp_path / "v" / "shards").glob("*.faiss"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size: only the checksum tells
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="checksum mismatch; run `mmsearch repair` first"):
+        idx.compact()
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        export(idx, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert any("checksum mismatch" in problem for problem in idx.verify())  # repair still sees it

@@ -28,6 +28,8 @@ def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
     if decoded.error is not None:
         raise UserInputError(f"cannot read query {decoder} {path}: {decoded.error}")
     vectors = encoder.embed(decoder, [piece.payload for piece in decoded.pieces])
+    if not np.isfinite(vectors).all():
+        raise UserInputError(f"cannot use query {decoder} {path}: its embedding is not finite (NaN or Inf samples?)")
     return l2_normalise(vectors.mean(axis=0, keepdims=True))[0]
 
 

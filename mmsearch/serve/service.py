@@ -175,7 +175,9 @@ class SearchService:
             if query.body.like_id is not None:
                 total += like_vectors[query.body.like_id]
             norm = np.linalg.norm(total)
-            if not np.isfinite(norm) or norm < 1e-6:
+            if not np.isfinite(norm):
+                raise UserInputError("the query's embedding is not finite (a file with NaN or Inf samples?)")
+            if norm < 1e-6:
                 raise UserInputError("the query terms cancel out")
             total /= norm
         return out

@@ -126,10 +126,22 @@ def exists(index_dir: Path) -> bool:
     return manifest_path(index_dir).is_file()
 
 
+def check_not_orphaned(index_dir: Path) -> None:
+    """Refuse a folder whose shard files lost their manifest: a damaged index, which a new
+    index built there would overwrite, not an empty folder."""
+    shards = Path(index_dir) / SHARDS_DIR
+    if not exists(index_dir) and shards.is_dir() and any(entry.is_file() for entry in shards.iterdir()):
+        raise IndexFormatError(
+            f"{index_dir} holds shard files but no {MANIFEST_NAME}: the index is damaged; restore its "
+            "manifest from a backup, or move the folder away and index again"
+        )
+
+
 def load(index_dir: Path) -> Manifest:
     """Read and, if needed, migrate the manifest of ``index_dir``."""
     path = manifest_path(index_dir)
     if not path.is_file():
+        check_not_orphaned(index_dir)
         raise IndexNotFoundError(f"no index at {index_dir}; create one with `mmsearch index PATH` or pass --index")
     try:
         data = json.loads(path.read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsearch.errors import ShardDamagedError, one_line
+from mmsearch.errors import IndexFormatError, ShardDamagedError, one_line
 from mmsearch.hashing import file_digest
 from mmsearch.store import recipes
 from mmsearch.store.atomic import atomic_write
@@ -199,6 +199,13 @@ class Shard:
         keep = np.isin(self.ids, np.fromiter(ids, dtype=np.int64)) != exclude
         rows = np.flatnonzero(keep)
         return self.vectors(rows), self.table().take(pa.array(rows))
+
+    def check_intact(self) -> None:
+        """Refuse to copy a shard whose files fail their checksums (what ``verify`` checks):
+        a rewrite would seal the damage under fresh checksums, where ``repair`` no longer sees it."""
+        problem = self.problem(checksums=True)
+        if problem is not None:
+            raise IndexFormatError(f"{problem}; run `mmsearch repair` first")
 
     def problem(self, *, checksums: bool = False) -> str | None:
         """Why this shard is unusable, or ``None``. Cheap by default (presence, sizes,

@@ -35,6 +35,7 @@ def manifest_stamp(index_dir: Path) -> Stamp:
     try:
         stat = os.stat(os.path.join(index_dir, manifest_io.MANIFEST_NAME))
     except FileNotFoundError:
+        manifest_io.check_not_orphaned(index_dir)
         raise IndexNotFoundError(f"no index at {index_dir} (it may have been deleted)") from None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 

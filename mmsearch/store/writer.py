@@ -247,6 +247,7 @@ class ShardWriter:
         dead = self._base_tombstones | self._superseded
         for info in group:
             segment = Shard(self.dir, info)
+            segment.check_intact()
             vectors, rows = segment.select(dead, exclude=True)
             self.manifest.shards.remove(info)
             gone = set(segment.ids.tolist())
