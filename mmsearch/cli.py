@@ -706,7 +706,9 @@ def verify(index: IndexOption = None, json_out: JsonOption = False) -> None:
 @app.command()
 def repair(index: IndexOption = None, json_out: JsonOption = False) -> None:
     """Verify every shard and drop the damaged ones; `mmsearch index` then re-embeds their files."""
-    dropped = _open(index).repair()
+    from mmsearch.index import Index
+
+    dropped = Index.repair_at(_index_path(index))
     if json_out:
         _print_json({"dropped": dropped})
     elif dropped:

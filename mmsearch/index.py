@@ -45,7 +45,7 @@ from mmsearch.store.manifest import Manifest
 from mmsearch.store.rows import RowsOnDemand
 from mmsearch.store.schema import vector_rows
 from mmsearch.store.snapshot import Snapshot
-from mmsearch.store.writer import ShardWriter
+from mmsearch.store.writer import ShardWriter, dropped_message
 
 DEFAULT_SHARD_SIZE = 100_000
 T = TypeVar("T")
@@ -390,12 +390,21 @@ class Index:
         Their items disappear from the index until the next ``add`` of their folders
         embeds the files again. Returns what was dropped (empty when all was well).
         """
-        with ShardWriter(self.path) as writer:
-            dropped = writer.drop_damaged(checksums=True)
-            if dropped:
-                writer.commit()
+        report = Index.repair_at(self.path)
         self.refresh()
-        return [f"{problem}: {rows} items dropped; index their folders again" for problem, rows in dropped]
+        return report
+
+    @staticmethod
+    def repair_at(path: str | Path) -> list[str]:
+        """:meth:`repair` for an index too damaged to open: besides damaged shards, it drops an
+        unreadable deletions file (the items it deleted come back) or failure table."""
+        salvaged: list[str] = []
+        with ShardWriter(Path(path), salvaged=salvaged) as writer:
+            dropped = writer.drop_damaged(checksums=True)
+            if dropped or salvaged:
+                writer.commit()
+        lost = "items dropped; index their folders again"
+        return salvaged + [dropped_message(problem, rows, lost) for problem, rows in dropped]
 
     def compact(self, max_memory: int | None = None, shard_size: int | None = None) -> int:
         """Rewrite all shards without tombstoned rows; returns how many rows were dropped.
@@ -668,7 +677,9 @@ class Index:
     def verify(self) -> list[str]:
         """Check every shard file against the checksums in the manifest; returns the problems."""
         snap = self.refresh()
-        return [problem for shard in snap.shards if (problem := shard.problem(checksums=True))]
+        problems = [problem for shard in snap.shards if (problem := shard.problem(checksums=True))]
+        table = manifest_io.failures_problem(self.path, snap.manifest)
+        return problems + ([table] if table else [])
 
     def sql(self, statement: str) -> pa.Table:
         """Run one read-only SQL statement over the views ``items`` and ``failures``.

@@ -289,3 +289,31 @@ def test_compact_and_export_refuse_damaged_shards_instead_of_sealing_the_damage(
         export(idx, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert any("checksum mismatch" in problem for problem in idx.verify())  # repair still sees it
+
+
+def test_repair_recovers_an_index_whose_deletions_file_or_failure_table_is_unreadable(tmp_path: Path) -> None:
+    from conftest import run_cli
+    from mmsearch.errors import ShardDamagedError
+    from mmsearch.store.writer import ShardWriter
+
+    path = tmp_path / "v"
+    idx = Index.create(path, dim=DIM)
+    vectors = clustered(20)
+    ids = idx.add_vectors(vectors, rows(20))
+    idx.remove_ids(ids[:3])
+    with ShardWriter(path) as writer:
+        writer.set_failures([{"path": "bad.png", "modality": "image", "reason": "cannot decode"}])
+        writer.commit()
+    shards = path / manifest_io.SHARDS_DIR
+    (shards / Index.open(path).manifest.failures).write_bytes(b"garbage")
+    assert any("unreadable" in problem for problem in Index.open(path).verify())
+    deletions = shards / Index.open(path).manifest.deletions
+    deletions.write_bytes(deletions.read_bytes()[:3])
+    with pytest.raises(ShardDamagedError):
+        Index.open(path)
+    done = run_cli("repair", "--index", str(path))
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "the items it deleted are back" in done.stdout and "record of failed files is gone" in done.stdout
+    repaired = Index.open(path)
+    assert repaired.verify() == [] and repaired.info()["vectors"] == 20
+    assert repaired.search(vector=vectors[0], k=1)[0].id == ids[0]  # deleted, lost with the file, back

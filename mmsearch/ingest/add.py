@@ -27,7 +27,7 @@ from mmsearch.models.base import Encoder
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
-from mmsearch.store.writer import ShardWriter
+from mmsearch.store.writer import ShardWriter, dropped_message
 
 
 @dataclass
@@ -144,7 +144,8 @@ def prepare(
     listed = options.url_column is not None
     roots = check_lists(paths) if listed else check_roots(paths)
     manifest = writer.manifest
-    summary.repaired = [f"{problem}: {rows} items to embed again" for problem, rows in writer.drop_damaged()]
+    dropped = writer.drop_damaged()
+    summary.repaired = [dropped_message(problem, rows, "items to embed again") for problem, rows in dropped]
     encoder, inputs = None, manifest.inputs
     if inputs is None:  # an index from before inputs were recorded
         encoder = _loaded(load_encoder, summary, manifest)

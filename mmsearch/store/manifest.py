@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError
+from mmsearch.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError, ShardDamagedError, one_line
 from mmsearch.store.atomic import atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -137,8 +137,10 @@ def check_not_orphaned(index_dir: Path) -> None:
         )
 
 
-def load(index_dir: Path) -> Manifest:
-    """Read and, if needed, migrate the manifest of ``index_dir``."""
+def load(index_dir: Path, salvaged: list[str] | None = None) -> Manifest:
+    """Read and, if needed, migrate the manifest of ``index_dir``. With a ``salvaged`` list
+    (``repair``), an unreadable deletions file is dropped and said there instead of raising:
+    the ids it deleted are lost, so those items come back."""
     path = manifest_path(index_dir)
     if not path.is_file():
         check_not_orphaned(index_dir)
@@ -160,20 +162,39 @@ def load(index_dir: Path) -> Manifest:
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path} is damaged: {exc}") from exc
     if manifest.deletions:
-        manifest.tombstones = manifest.written = _read_deletions(Path(index_dir) / SHARDS_DIR / manifest.deletions)
+        deletions = Path(index_dir) / SHARDS_DIR / manifest.deletions
+        try:
+            manifest.tombstones = manifest.written = _read_deletions(deletions)
+        except (OSError, ValueError) as exc:
+            if salvaged is None:
+                raise ShardDamagedError(deletions, str(exc)) from None
+            manifest.deletions = None
+            salvaged.append(
+                f"{deletions}: unreadable ({one_line(exc, 120)}); the items it deleted are back: remove them again"
+            )
     return manifest
 
 
 def _read_deletions(path: Path) -> np.ndarray:
-    from mmsearch.errors import ShardDamagedError
+    data = path.read_bytes()
+    if len(data) % 8:
+        raise ValueError(f"{len(data)} bytes is not a whole number of int64 ids")
+    return np.frombuffer(data, dtype="<i8").astype(np.int64)
 
+
+def failures_problem(index_dir: Path, manifest: Manifest) -> str | None:
+    """Why the failure table the manifest names is unusable, or ``None``."""
+    if not manifest.failures:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(index_dir) / SHARDS_DIR / manifest.failures
     try:
-        data = path.read_bytes()
-        if len(data) % 8:
-            raise ValueError(f"{len(data)} bytes is not a whole number of int64 ids")
-        return np.frombuffer(data, dtype="<i8").astype(np.int64)
-    except (OSError, ValueError) as exc:
-        raise ShardDamagedError(path, str(exc)) from None
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"{path}: unreadable ({one_line(exc, 120)})"
+    return None
 
 
 def commit(index_dir: Path, manifest: Manifest, before_write: Callable[[], None] | None = None) -> None:

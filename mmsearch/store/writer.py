@@ -53,16 +53,29 @@ class _Group:
     replaces: list[int] = field(default_factory=list)
 
 
+def dropped_message(problem: str, rows: int | None, lost: str) -> str:
+    """One line for what :meth:`ShardWriter.drop_damaged` dropped: ``lost`` follows a shard's row count."""
+    return problem if rows is None else f"{problem}: {rows} {lost}"
+
+
 class ShardWriter:
     """Single-writer session over an index; use as a context manager."""
 
-    def __init__(self, index_dir: Path, manifest: Manifest | None = None, checkpoints: bool = True) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        manifest: Manifest | None = None,
+        checkpoints: bool = True,
+        salvaged: list[str] | None = None,
+    ) -> None:
         """Open the index at ``index_dir``; a given ``manifest`` creates it instead.
 
         With ``checkpoints`` off (compaction), nothing is published before ``commit``.
+        ``salvaged`` (``repair``): see :func:`manifest.load`.
         """
         self.dir = Path(index_dir)
         self.checkpoints = checkpoints
+        self.salvaged = salvaged
         self.lock = WriterLock(self.dir)
         self._initial = manifest
         self.manifest: Manifest
@@ -87,7 +100,7 @@ class ShardWriter:
         try:
             if self._initial is not None and manifest_io.exists(self.dir):
                 raise UserInputError(f"an index already exists at {self.dir}")
-            self.manifest = self._initial or manifest_io.load(self.dir)
+            self.manifest = self._initial or manifest_io.load(self.dir, self.salvaged)
             self._committed_names = set() if self._initial else _named_files(self.manifest)
             if self._initial is not None:
                 self._publish()
@@ -159,21 +172,22 @@ class ShardWriter:
         """Hide ids from searches from the next commit on."""
         self._stage(np.empty((0, self.manifest.dim), np.float32), [], ids, None, True)
 
-    def drop_damaged(self, *, checksums: bool = False) -> list[tuple[str, int]]:
+    def drop_damaged(self, *, checksums: bool = False) -> list[tuple[str, int | None]]:
         """Take unusable shards out of the manifest (committed at the next publish).
 
         Their items are no longer known, so the next ``add`` embeds their files again.
-        Returns (problem, rows lost) per dropped shard.
+        Returns (problem, rows lost) per dropped shard, (problem, None) for a dropped failure table.
         """
-        dropped = []
+        dropped: list[tuple[str, int | None]] = []
         for info in list(self.manifest.shards):
             problem = Shard(self.dir, info).problem(checksums=checksums)
             if problem is not None:
                 self.manifest.shards.remove(info)
                 dropped.append((problem, info.rows))
-        if self.manifest.failures and not (self.dir / SHARDS_DIR / self.manifest.failures).is_file():
+        problem = manifest_io.failures_problem(self.dir, self.manifest)
+        if problem is not None:
             self.manifest.failures = None
-            dropped.append(("failure table missing", 0))
+            dropped.append((f"{problem}: the record of failed files is gone (the next `index` retries them)", None))
         return dropped
 
     def set_failures(self, rows: list[dict]) -> None:
