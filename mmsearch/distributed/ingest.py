@@ -101,7 +101,7 @@ def add_files_ray(
             outcome = _run(ray, todo, job, device, options.progress)
         manifest.next_id = max(manifest.next_id, resumed.next_id, outcome.next_id)
         writer.adopt(folder, resumed.segments + outcome.segments)
-        writer.tombstone(resumed.hidden)
+        writer.tombstone(resumed.hidden + staging.ids_of(folder, outcome.segments, outcome.failed))
         summary.failed = list(outcome.failed.items())
         for stage in ("decode", "encode", "write"):
             summary.seconds[stage] = round(sum(times.get(stage, 0.0) for times in outcome.nodes.values()), 3)
