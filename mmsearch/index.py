@@ -32,7 +32,7 @@ from mmsearch.ingest.add import AddOptions, AddSummary, add_files
 from mmsearch.ingest.discover import MODALITIES, absolute
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
-from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.models.base import Encoder, l2_normalise, usable_rows
 from mmsearch.rerank.base import Reranker
 from mmsearch.rerank.prepare import Prepared
 from mmsearch.rerank.store import ROOT as RERANK_ROOT
@@ -345,8 +345,9 @@ class Index:
         dim = self._manifest.dim
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise UserInputError(f"vectors must have shape (n, {dim}), not {vectors.shape}")
-        if not np.isfinite(vectors).all() or not np.linalg.norm(vectors, axis=1).all():
-            raise UserInputError("vectors must be finite and non-zero")
+        bad = len(vectors) - int(np.count_nonzero(usable_rows(vectors)))
+        if bad:
+            raise UserInputError(f"vectors must be finite and non-zero: {bad} of {len(vectors)} rows are not")
         if modality not in MODALITIES:
             raise UserInputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
         table = vector_rows(metadata, len(vectors), modality)

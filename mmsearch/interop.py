@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from mmsearch.errors import ModelMismatchError, UserInputError, one_line
 from mmsearch.index import Index
+from mmsearch.models.base import usable_rows
 from mmsearch.store.atomic import fsync_dir
 from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import ITEM_SCHEMA
@@ -442,7 +443,7 @@ def _batches(source: Source, batch_rows: int, summary: ImportSummary) -> Iterato
     tables: list[pa.Table] = []
     pending, current = 0, None
     for chunk, piece, table in _pieces(source, batch_rows):
-        good = np.isfinite(piece).all(axis=1) & (np.abs(piece).sum(axis=1) > 0)
+        good = usable_rows(piece)
         if not good.all():
             piece, table = piece[good], table.filter(pa.array(good))
             summary.skipped += int((~good).sum())

@@ -54,7 +54,7 @@ class RayAddSummary(AddSummary):
 @dataclass
 class _Outcome:
     segments: list[ShardInfo] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> its first reason (a file fails once)
     files: int = 0
     vectors: int = 0
     next_id: int = 0
@@ -101,8 +101,8 @@ def add_files_ray(
             outcome = _run(ray, todo, job, device, options.progress)
         manifest.next_id = max(manifest.next_id, resumed.next_id, outcome.next_id)
         writer.adopt(folder, resumed.segments + outcome.segments)
-        writer.tombstone(resumed.hidden)
-        summary.failed = outcome.failed
+        writer.tombstone(resumed.hidden + staging.ids_of(folder, outcome.segments, outcome.failed))
+        summary.failed = list(outcome.failed.items())
         for stage in ("decode", "encode", "write"):
             summary.seconds[stage] = round(sum(times.get(stage, 0.0) for times in outcome.nodes.values()), 3)
         summary.seconds["write"] += finish(writer, prepared, summary)
@@ -231,7 +231,7 @@ def _collect(dataset, outcome: _Outcome, tick: Callable[[], None]) -> None:
             for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                 for record in batch.to_pylist():
                     if record["segment"] is None:
-                        outcome.failed.append((record["path"], record["reason"]))
+                        outcome.failed.setdefault(record["path"], record["reason"])
                     else:
                         outcome.segments.append(ShardInfo(**json.loads(record["segment"])))
                         outcome.files += record["files"]

@@ -28,6 +28,7 @@ from mmsearch.distributed import staging
 from mmsearch.ingest.add import item_row
 from mmsearch.ingest.decode import DecodeOptions, decode
 from mmsearch.ingest.discover import FoundFile
+from mmsearch.ingest.pipeline import not_finite
 from mmsearch.store.manifest import SHARDS_DIR
 from mmsearch.store.schema import items_table
 from mmsearch.store.shard import seal
@@ -142,14 +143,19 @@ class Embedder:
         modality = batch["modality"].to_pylist()
         failed = batch["error"].is_valid().to_numpy(zero_copy_only=False)
         payloads = batch["payload"].to_pylist()
+        errors = batch["error"].to_pylist()
         vectors = np.zeros((batch.num_rows, self.encoder.dim), np.float32)
         for kind in sorted({m for m, bad in zip(modality, failed) if not bad}):
             rows = [i for i, (m, bad) in enumerate(zip(modality, failed)) if m == kind and not bad]
-            vectors[rows] = self.encoder.embed(kind, [pickle.loads(payloads[i]) for i in rows])
+            inputs = [pickle.loads(payloads[i]) for i in rows]
+            vectors[rows] = self.encoder.embed(kind, inputs)
+            for position, reason in not_finite(vectors[rows], inputs).items():  # sealed as failures, not vectors
+                errors[rows[position]], vectors[rows[position]] = reason, 0.0
         files = int(np.count_nonzero(batch["last"].to_numpy(zero_copy_only=False)))
         ray.get(self.job.record.remote(_node(), "encode", time.perf_counter() - started, files))
         flat = pa.array(vectors.reshape(-1), pa.float32())
         column = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dim)
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
         return batch.drop_columns(["payload"]).append_column("vector", column)
 
 

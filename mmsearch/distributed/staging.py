@@ -126,3 +126,16 @@ def resume(folder: Path, infos: Iterable[ShardInfo], planned: dict[str, FoundFil
             result.segments.append(info)
             result.hidden += table.filter(pc.invert(adopted))["id"].to_pylist()
     return result
+
+
+def ids_of(folder: Path, infos: Iterable[ShardInfo], paths: Iterable[str]) -> list[int]:
+    """Ids of the staged rows of ``paths`` (files that failed after some of their pieces were
+    sealed, e.g. one piece's embedding was not finite: none of their rows may become visible)."""
+    wanted = pa.array(sorted(set(paths)), pa.string())
+    if not len(wanted):
+        return []
+    ids: list[int] = []
+    for info in infos:
+        table = pq.read_table(parquet_path(folder, info.name), columns=["id", "path"])
+        ids += table.filter(pc.is_in(table["path"], value_set=wanted))["id"].to_pylist()
+    return ids

@@ -258,8 +258,9 @@ class _Sink:
     whose cut-short part is redone) is one group over all its parts: its old version stays
     visible until the new one is whole. A group is complete once every job of its file was
     decoded and every piece it announced has arrived (a video's frames and sound arrive in
-    different batches, in any order). At least every ``checkpoint_s`` seconds the writer
-    commits what is complete.
+    different batches, in any order). A group that fails after some of its pieces were
+    written (a later piece's embedding is not finite) has those rows tombstoned. At least
+    every ``checkpoint_s`` seconds the writer commits what is complete.
     """
 
     def __init__(
@@ -274,6 +275,7 @@ class _Sink:
         self.undecoded = Counter(job.file.path for job in planned)
         self.outstanding: Counter[Hashable] = Counter()
         self.whole = set(replaces)  # files whose parts become visible together
+        self.written: dict[Hashable, list[np.ndarray]] = {}  # ids appended to groups still open
 
     def _group(self, decoded: Decoded) -> Hashable:
         return decoded.path if decoded.path in self.whole else (decoded.path, decoded.part)
@@ -291,11 +293,14 @@ class _Sink:
     def drop(self, decoded: Decoded, pieces: int) -> None:
         group = self._group(decoded)
         self.outstanding[group] -= pieces
+        if decoded.error is not None:  # its pieces from earlier batches must not appear either
+            self.writer.tombstone(int(i) for ids in self.written.pop(group, []) for i in ids)
         if self._complete(group, decoded.path):
             self._close(group, decoded.path)
 
     def _close(self, group: Hashable, path: str) -> None:
         replaced = self.replaces.pop(path, ())
+        self.written.pop(group, None)
         self.writer.append(np.empty((0, self.writer.manifest.dim), np.float32), [], replaced, group=group)
 
     def __call__(self, vectors: np.ndarray, pieces: list[tuple[Decoded, Piece]]) -> None:
@@ -312,6 +317,10 @@ class _Sink:
             replaced = self.replaces.pop(decoded.path, ()) if last else ()
             file_rows = rows.slice(start, end - start)
             self.writer.append(vectors[start:end], file_rows, replaced, group=group, last=last)
+            if last:
+                self.written.pop(group, None)
+            else:
+                self.written.setdefault(group, []).append(ids[start:end])
             start = end
         self.writer.checkpoint(self.checkpoint_s)
 

@@ -27,7 +27,7 @@ from mmsearch.hashing import file_digest
 from mmsearch.ingest import device_jpeg
 from mmsearch.ingest.decode import WHOLE, Decoded, DecodeOptions, Part, Piece, decode
 from mmsearch.ingest.discover import ENCODED_AS, MODALITY_OF_DECODER, FoundFile
-from mmsearch.models.base import Encoder
+from mmsearch.models.base import Encoder, finite_rows
 
 INLINE_BELOW = 32  # fewer jobs than this are decoded in-process: worker start-up costs more
 MiB = 1 << 20
@@ -215,6 +215,42 @@ def _device_crops(
     return [batch[i] for i in keep], crops
 
 
+def not_finite(vectors: np.ndarray, payloads: Sequence[Any]) -> dict[int, str]:
+    """The rows of an embedded batch that must not be written, with the reason their file
+    fails: a NaN or Inf anywhere in a vector (from its decoded input or from the model)."""
+    reasons = {}
+    for row in np.flatnonzero(~finite_rows(vectors)).tolist():
+        payload = payloads[row]
+        bad_input = isinstance(payload, np.ndarray) and not np.isfinite(payload).all()
+        cause = "NaN or Inf in the decoded input" if bad_input else "the model returned NaN or Inf"
+        reasons[row] = f"its embedding is not finite ({cause})"
+    return reasons
+
+
+def _finite_only(
+    batch: list[tuple[Decoded, Piece]], vectors: np.ndarray, result: IngestResult, sink: Sink
+) -> tuple[list[tuple[Decoded, Piece]], np.ndarray]:
+    """Keep a batch's rows whose vectors are finite; a job with a non-finite piece fails, and
+    none of its pieces from here on are written (one bad file never stops the batch)."""
+    payloads = [piece.payload for _, piece in batch]
+    for row, reason in not_finite(vectors, payloads).items():
+        decoded = batch[row][0]
+        if decoded.error is None:
+            decoded.error = reason
+            result.failures.append(decoded)
+            result.embedded.discard(decoded.path)
+    keep = np.array([decoded.error is None for decoded, _ in batch])
+    if keep.all():
+        return batch, vectors
+    dropped: dict[int, tuple[Decoded, int]] = {}  # by identity: pieces of one job share its Decoded
+    for decoded, _ in batch:
+        if decoded.error is not None:
+            dropped[id(decoded)] = (decoded, dropped.get(id(decoded), (decoded, 0))[1] + 1)
+    for decoded, count in dropped.values():
+        sink.drop(decoded, count)
+    return [pair for pair, kept in zip(batch, keep) if kept], vectors[keep]
+
+
 def _decode_job(job: tuple[str, str, Part, str | None], options: DecodeOptions) -> Decoded:
     path, decoder, part, content_hash = job
     return decode(path, decoder, options, part, content_hash)
@@ -251,7 +287,9 @@ def run(
         else:
             vectors = encoder.embed(modality, [piece.payload for _, piece in batch])
         encoded = time.perf_counter()
-        sink(vectors, batch)
+        batch, vectors = _finite_only(batch, vectors, result, sink)
+        if batch:
+            sink(vectors, batch)
         result.times.encode += encoded - started
         result.times.write += time.perf_counter() - encoded
         result.vectors += len(batch)

@@ -55,6 +55,17 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """Which rows hold no NaN or Inf (a bool per row): one non-finite vector in an index makes
+    every score of a search over it NaN."""
+    return np.isfinite(vectors).all(axis=1)
+
+
+def usable_rows(vectors: np.ndarray) -> np.ndarray:
+    """Which rows are finite and non-zero (a zero vector has no direction to normalise)."""
+    return finite_rows(vectors) & (np.abs(vectors).sum(axis=1) > 0)
+
+
 class Encoder:
     """Turns batches of inputs into L2-normalised float32 vectors of one space.
 
