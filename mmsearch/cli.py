@@ -50,6 +50,14 @@ def _where_index_lives() -> str:
     )
 
 
+def _path(value: str) -> Path:
+    """Every path argument and ``--index`` parse here: an empty one (what ``"$UNSET_VAR"``
+    gives) would otherwise mean the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("an empty path (is a shell variable unset?)")
+    return Path(value)
+
+
 app = typer.Typer(
     help="Cross-modal vector search over folders of images, text and audio.",
     epilog=f"\b\nThe index lives in {default_index_path().absolute()} (--index DIR or ${INDEX_ENV} to change).",
@@ -60,7 +68,9 @@ app = typer.Typer(
     context_settings={"max_content_width": 100},
 )
 
-IndexOption = Annotated[Optional[Path], typer.Option("--index", "-i", metavar="DIR", help=_where_index_lives())]
+IndexOption = Annotated[
+    Optional[Path], typer.Option("--index", "-i", metavar="DIR", help=_where_index_lives(), parser=_path)
+]
 TokenOption = Annotated[
     Optional[str],
     typer.Option(
@@ -148,7 +158,9 @@ def _check_file(path: str | Path) -> None:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to index (recursively).", metavar="PATH")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files or folders to index (recursively).", metavar="PATH", parser=_path)
+    ],
     index: IndexOption = None,
     model: Annotated[
         Optional[str],
@@ -348,8 +360,12 @@ def query(
             metavar="QUERY",
         ),
     ] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", metavar="FILE", help="Query with an image file.")] = None,
-    audio: Annotated[Optional[Path], typer.Option("--audio", metavar="FILE", help="Query with an audio file.")] = None,
+    image: Annotated[
+        Optional[Path], typer.Option("--image", metavar="FILE", help="Query with an image file.", parser=_path)
+    ] = None,
+    audio: Annotated[
+        Optional[Path], typer.Option("--audio", metavar="FILE", help="Query with an audio file.", parser=_path)
+    ] = None,
     modality: Annotated[
         Optional[str],
         typer.Option(
@@ -571,7 +587,7 @@ def _clock(seconds: float) -> str:
 
 @app.command()
 def label(
-    file: Annotated[Path, typer.Argument(help="An image or audio file.", metavar="FILE")],
+    file: Annotated[Path, typer.Argument(help="An image or audio file.", metavar="FILE", parser=_path)],
     labels: Annotated[
         str, typer.Option("--labels", "-l", metavar="A,B,...", help='Comma-separated candidates, e.g. "cat,dog,car".')
     ],
@@ -593,6 +609,7 @@ def label(
             metavar="DIR",
             help=f"\b\nUse this index's model.  [default: {default_index_path().absolute()}]\n"
             f"(used when an index is there; ${INDEX_ENV} changes it)",
+            parser=_path,
         ),
     ] = None,
     device: DeviceOption = None,
@@ -808,7 +825,9 @@ def _cell(value: object) -> str:
 
 @app.command()
 def remove(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders whose items to remove.", metavar="PATH")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files or folders whose items to remove.", metavar="PATH", parser=_path)
+    ],
     index: IndexOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -845,7 +864,7 @@ def compact(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Argument(help="New folder to write (must not exist).", metavar="OUT")],
+    out: Annotated[Path, typer.Argument(help="New folder to write (must not exist).", metavar="OUT", parser=_path)],
     index: IndexOption = None,
     format: Annotated[
         str, typer.Option("--format", metavar="NAME", help="Layout to write (only clip-retrieval).")
@@ -874,6 +893,7 @@ def import_(
             help="An export folder, a clip-retrieval/LAION folder (img_emb/, text_emb/, metadata/), "
             "or a .npy file with a .parquet of the same name.",
             metavar="SOURCE",
+            parser=_path,
         ),
     ],
     index: IndexOption = None,
@@ -1003,7 +1023,7 @@ def serve(
 @app.command()
 def demo(
     folder: Annotated[
-        Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER")
+        Path, typer.Argument(help="Where to put the generated world and its index.", metavar="FOLDER", parser=_path)
     ] = Path("demo-world"),
     images: Annotated[int, typer.Option(metavar="N", help="Scenes to generate.")] = 480,
     videos: Annotated[int, typer.Option(metavar="N", help="Short videos (three scenes each) to generate.")] = 8,
@@ -1025,7 +1045,9 @@ def fit_audio(
             help="SPEC+clap:NAME, e.g. ViT-B-32:laion2b_s34b_b79k+clap:laion/clap-htsat-unfused", metavar="SPEC"
         ),
     ],
-    captions: Annotated[Path, typer.Option(metavar="FILE", help="Text file (one caption per line) or caption table.")],
+    captions: Annotated[
+        Path, typer.Option(metavar="FILE", help="Text file (one caption per line) or caption table.", parser=_path)
+    ],
     text_column: Annotated[
         Optional[str],
         typer.Option(

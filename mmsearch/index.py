@@ -29,7 +29,7 @@ from mmsearch.errors import (
     one_line,
 )
 from mmsearch.ingest.add import AddOptions, AddSummary, add_files
-from mmsearch.ingest.discover import MODALITIES, absolute
+from mmsearch.ingest.discover import MODALITIES, absolute, stored_name
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder, l2_normalise, usable_rows
@@ -372,13 +372,13 @@ class Index:
 
     def remove(self, paths: Sequence[str | Path]) -> int:
         """Remove every indexed item at or under ``paths`` (which may no longer exist)."""
-        targets = [absolute(p) for p in paths]
+        targets = [stored_name(absolute(p)) for p in paths]  # a name not valid UTF-8: its failure row
         with ShardWriter(self.path) as writer:
             catalog = Snapshot(self.path, writer.manifest, None).catalog
             ids = catalog.ids_under(targets)
             failures, dropped = catalog.failures_outside(targets)
             if not len(ids) and not dropped:
-                raise UserInputError(f"nothing indexed under {', '.join(map(str, paths))}")
+                raise UserInputError(f"nothing indexed under {', '.join(stored_name(str(p)) for p in paths)}")
             writer.tombstone(ids.tolist())
             writer.set_failures(failures)
             writer.commit()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from mmsearch.config import CHECKPOINT_S
 from mmsearch.errors import IndexFormatError, UserInputError
 from mmsearch.ingest import pipeline, sources
 from mmsearch.ingest.decode import Decoded, DecodeOptions, Piece
-from mmsearch.ingest.discover import FoundFile, check_roots, walk
+from mmsearch.ingest.discover import FoundFile, check_roots, stored_name, walk
 from mmsearch.ingest.plan import Plan, make_plan, mtime_us
 from mmsearch.ingest.sources import check_lists
 from mmsearch.models.base import Encoder
@@ -28,6 +28,8 @@ from mmsearch.store.manifest import Manifest
 from mmsearch.store.schema import items_table
 from mmsearch.store.snapshot import Snapshot
 from mmsearch.store.writer import ShardWriter, dropped_message
+
+UNSTORABLE_NAME = "file name is not valid UTF-8"
 
 
 @dataclass
@@ -93,12 +95,14 @@ class AddOptions:
 
 @dataclass
 class Prepared:
-    """A planned add inside an open writer session: what to do and how to decode it."""
+    """A planned add inside an open writer session: what to do and how to decode it;
+    ``unnamed``: files whose names cannot be stored (under their escaped names), to report."""
 
     plan: Plan
     decoding: DecodeOptions
     stored: Snapshot
     encoder: Encoder | None
+    unnamed: list[FoundFile] = field(default_factory=list)
 
 
 def add_files(
@@ -167,12 +171,16 @@ def prepare(
         walked = walk(roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped)
         candidates = list(walked)
         summary.skipped = dict(skipped)
-    found = []
+    found: list[FoundFile] = []
+    unnamed: list[FoundFile] = []
     for file in candidates:
-        if pipeline.indexable(file.modality, inputs["modalities"]):
-            found.append(file)
-        else:
+        if not pipeline.indexable(file.modality, inputs["modalities"]):
             summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
+        elif stored_name(file.path) != file.path:
+            unnamed.append(replace(file, path=stored_name(file.path)))
+        else:
+            found.append(file)
+    roots, unreadable = [stored_name(r) for r in roots], [stored_name(u) for u in unreadable]
     plan = make_plan(found, known, old_failures, roots, decoding.fingerprint(), unreadable, listed=listed)
     _resume_only_alike(plan, manifest, decoding.fingerprint(), stored.catalog.incomplete_files)
     summary.found = len(found)
@@ -182,7 +190,7 @@ def prepare(
     summary.previously_failed = len(plan.known_failures)
     summary.resumed = len(plan.resume)
     summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
-    return Prepared(plan, decoding, stored, encoder)
+    return Prepared(plan, decoding, stored, encoder, unnamed)
 
 
 def _first_failure_per_file(failures: Sequence[Decoded]) -> list[tuple[str, str]]:
@@ -204,12 +212,14 @@ def _resume_only_alike(plan: Plan, manifest: Manifest, fingerprint: str, incompl
 
 
 def finish(writer: ShardWriter, prepared: Prepared, summary: AddSummary) -> float:
-    """Tombstone gone and superseded rows, record ``summary.failed``, commit; returns the seconds it took."""
+    """Tombstone gone and superseded rows, record ``summary.failed`` (first the files whose
+    names cannot be stored), commit; returns the seconds it took."""
     started = time.perf_counter()
     plan = prepared.plan
     writer.tombstone(plan.gone)
     writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
-    files = {f.path: f for f in plan.embed}
+    summary.failed[:0] = [(file.path, UNSTORABLE_NAME) for file in prepared.unnamed]
+    files = {f.path: f for f in [*plan.embed, *prepared.unnamed]}
     failures = [_failure_row(files[path], reason, prepared.decoding) for path, reason in summary.failed]
     writer.set_failures(plan.kept_failures + failures)
     writer.commit()

@@ -139,6 +139,13 @@ def absolute(path: str | Path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
+def stored_name(path: str) -> str:
+    """``path`` as the index stores it (UTF-8). The OS hands a name that is not valid UTF-8
+    over with its bad bytes as surrogates, which Arrow cannot store: they are
+    backslash-escaped, e.g. ``bad\\xffname.png``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def check_roots(roots: Iterable[str | Path]) -> list[str]:
     """Absolute roots, or a one-line error for the first one that does not exist."""
     checked = []
