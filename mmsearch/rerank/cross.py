@@ -81,9 +81,9 @@ def attend(
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
     """``softmax(q kᵀ / √d) v`` over the keys ``allowed`` lets through, the keys padded with
     masked slots to a multiple of 16: torch's CPU softmax vectorises only rows of a multiple
-    of 16, and both it and ``scaled_dot_product_attention`` took 1.6-6× as long on the 10 to
-    15 tokens of a query text or a sound (the judge of 50 candidates: 5.2 → 4.7 ms). Every row
-    must allow at least one key (a text always has its start token, an item all its tokens)."""
+    of 16 (over 10 to 15 values it took 5-9× as long as over 16), and this ran 1.6-2× as fast
+    as ``scaled_dot_product_attention`` at re-ranking sizes (``benchmarks/attention.py``). Every
+    row must allow at least one key (a text always has its start token, an item all its tokens)."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     keys = scores.shape[-1]
     if allowed is not None:
