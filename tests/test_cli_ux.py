@@ -329,3 +329,17 @@ def test_demo_refuses_too_few_scenes_and_a_file_for_a_folder(tmp_path: Path) -> 
         assert result.returncode == 2
         assert re.search(r"at least 40 scenes|is a file, not a folder", one_error_line(result))
     assert not (tmp_path / "d").exists()
+
+
+def test_json_output_is_strict_json_even_for_nan(tmp_path: Path) -> None:
+    from mmsearch import Index
+
+    Index.create(tmp_path / "v", dim=4)
+    sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, 1.5::DOUBLE AS c"
+    result = run("sql", sql, "--json", "--index", str(tmp_path / "v"), env=cli_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    assert json.loads(result.stdout, parse_constant=refuse) == [{"a": None, "b": None, "c": 1.5}]
