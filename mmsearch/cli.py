@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -59,6 +60,14 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _device(value: str) -> str:
+    """``--device`` is checked before any model loads (a typo would otherwise surface as a
+    checkpoint that cannot be loaded)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"unknown device {value!r}; use cpu, cuda or cuda:N")
+    return value
+
+
 app = typer.Typer(
     help="Cross-modal vector search over folders of images, text and audio.",
     epilog=f"\b\nThe index lives in {default_index_path().absolute()} (--index DIR or ${INDEX_ENV} to change).",
@@ -94,7 +103,7 @@ MaxMemoryOption = Annotated[
 ]
 DeviceOption = Annotated[
     Optional[str],
-    typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: CUDA if present]"),
+    typer.Option("--device", metavar="DEVICE", parser=_device, help="cpu, cuda or cuda:N.  [default: CUDA if present]"),
 ]
 
 

@@ -343,3 +343,11 @@ def test_json_output_is_strict_json_even_for_nan(tmp_path: Path) -> None:
         raise ValueError(constant)
 
     assert json.loads(result.stdout, parse_constant=refuse) == [{"a": None, "b": None, "c": 1.5}]
+
+
+def test_an_unknown_device_is_a_usage_error_before_anything_loads(tmp_path: Path) -> None:
+    result = run(
+        "index", str(tmp_path), "--index", str(tmp_path / "idx"), "--device", "nonsense", env=cli_env(tmp_path)
+    )
+    assert result.returncode == 2 and "unknown device 'nonsense'" in one_error_line(result)
+    assert not (tmp_path / "idx").exists()
