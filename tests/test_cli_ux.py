@@ -351,3 +351,18 @@ def test_an_unknown_device_is_a_usage_error_before_anything_loads(tmp_path: Path
     )
     assert result.returncode == 2 and "unknown device 'nonsense'" in one_error_line(result)
     assert not (tmp_path / "idx").exists()
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from mmsearch import Index
+
+    Index.create(tmp_path / "v", dim=4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run("serve", "--index", str(tmp_path / "v"), "--port", port, env=cli_env(tmp_path))
+    assert result.returncode == 2
+    assert one_error_line(result) == f"mmsearch: error: cannot listen on 127.0.0.1:{port}: Address already in use"

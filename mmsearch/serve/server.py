@@ -17,6 +17,8 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
+from mmsearch.errors import UserInputError
+
 POLL_S = 0.05  # between readiness polls
 MAX_CONNECTIONS = 256  # beyond this uvicorn answers 503 instead of queueing without bound
 
@@ -48,9 +50,18 @@ def bind(settings: uvicorn.Config) -> socket.socket:
     not for connections accepted on a socket bound beforehand. With it on, a response sent
     as two writes (headers, then body) waits for the client's delayed ACK on every request
     of a keep-alive connection: 40 ms on Linux. Accepted sockets inherit the option.
+    It binds as uvicorn's ``Config.bind_socket`` does, but a port in use or a bad host is a
+    one-line user error, not uvicorn's log line and exit.
     """
-    sock = settings.bind_socket()
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise UserInputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.set_inheritable(True)
     return sock
 
 
