@@ -619,6 +619,8 @@ class Index:
         if min_score != "auto":
             if isinstance(min_score, str):
                 raise UserInputError(f"min_score must be a number or 'auto', not {min_score!r}")
+            if min_score is not None and not -1.0 <= min_score <= 1.0:
+                raise UserInputError(f"min_score is a cosine between -1 and 1 (or 'auto'), not {min_score:g}")
             return [min_score] * len(queries)
         from mmsearch.rerank import autoscore
 

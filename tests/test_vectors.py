@@ -317,3 +317,12 @@ def test_repair_recovers_an_index_whose_deletions_file_or_failure_table_is_unrea
     repaired = Index.open(path)
     assert repaired.verify() == [] and repaired.info()["vectors"] == 20
     assert repaired.search(vector=vectors[0], k=1)[0].id == ids[0]  # deleted, lost with the file, back
+
+
+def test_min_score_outside_the_cosine_range_is_a_user_error(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "v", dim=DIM)
+    vectors = clustered(5)
+    idx.add_vectors(vectors, rows(5))
+    with pytest.raises(UserInputError, match="between -1 and 1"):
+        idx.search(vector=vectors[0], min_score=5)
+    assert len(idx.search(vector=vectors[0], min_score=-1.0, k=3)) == 3
