@@ -210,6 +210,11 @@ class Index:
     ) -> Index:
         """Open an existing index; ``model``, if given, must be the one it was built with."""
         index = cls(Path(path), encoder, device)
+        if model is not None and index._manifest.model is None:
+            raise ModelMismatchError(
+                f"index {path} holds vectors only (no model), so it cannot embed files with {model!r}; "
+                "use another --index, or bring vectors with `mmsearch import`"
+            )
         if model is not None and registry.resolve(model).spec != index._manifest.model:
             raise ModelMismatchError(
                 f"index {path} was built with model {index._manifest.model!r}, not {model!r}; "
@@ -241,8 +246,9 @@ class Index:
                 if self._encoder is None:
                     if self._manifest.model is None:
                         raise UserInputError(
-                            f"index {self.path} holds vectors only (created with dim={self._manifest.dim}, no model); "
-                            "query it with a vector"
+                            f"index {self.path} holds vectors only (created with dim={self._manifest.dim}, no model) "
+                            "and cannot embed texts or files; query it with vectors (Index.search(vector=...), "
+                            'the server\'s "vector" field)'
                         )
                     encoder = registry.load_encoder(self._manifest.model, self.device)
                     self._check_space(encoder)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from mmsearch import Index
-from mmsearch.errors import UserInputError
+from mmsearch.errors import ModelMismatchError, UserInputError
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.schema import ITEM_SCHEMA
 
@@ -62,6 +62,8 @@ def test_vector_only_index_round_trip(tmp_path: Path) -> None:
     assert json.loads(hit.metadata["extra"]) == {"colour": "blue"} and hit.metadata["width"] == 7
     with pytest.raises(UserInputError, match="vectors only"):
         idx.search("a text query")
+    with pytest.raises(ModelMismatchError, match=r"holds vectors only .* cannot embed files with 'demo'"):
+        Index.open(tmp_path / "v", model="demo")
     with pytest.raises(UserInputError, match="shape"):
         idx.add_vectors(np.ones((2, DIM + 1), np.float32), rows(2))
     with pytest.raises(UserInputError, match="path"):
