@@ -213,7 +213,8 @@ def index(
     ] = "auto",
     max_memory: MaxMemoryOption = None,
     workers: Annotated[
-        Optional[int], typer.Option(metavar="N", help="Decode worker processes, 0 decodes in-process.  [default: auto]")
+        Optional[int],
+        typer.Option(metavar="N", min=0, help="Decode worker processes, 0 decodes in-process.  [default: auto]"),
     ] = None,
     text_column: Annotated[
         Optional[str],

@@ -345,11 +345,10 @@ def test_json_output_is_strict_json_even_for_nan(tmp_path: Path) -> None:
     assert json.loads(result.stdout, parse_constant=refuse) == [{"a": None, "b": None, "c": 1.5}]
 
 
-def test_an_unknown_device_is_a_usage_error_before_anything_loads(tmp_path: Path) -> None:
-    result = run(
-        "index", str(tmp_path), "--index", str(tmp_path / "idx"), "--device", "nonsense", env=cli_env(tmp_path)
-    )
-    assert result.returncode == 2 and "unknown device 'nonsense'" in one_error_line(result)
+@pytest.mark.parametrize("option", [["--device", "nonsense"], ["--workers", "-1"]])
+def test_a_bad_device_or_worker_count_is_a_usage_error_before_anything_loads(tmp_path: Path, option: list[str]) -> None:
+    result = run("index", str(tmp_path), "--index", str(tmp_path / "idx"), *option, env=cli_env(tmp_path))
+    assert result.returncode == 2 and f"Invalid value for '{option[0]}'" in one_error_line(result)
     assert not (tmp_path / "idx").exists()
 
 
