@@ -107,7 +107,8 @@ def export(
     if out.exists():
         raise UserInputError(f"{out} already exists; export into a new folder")
     if not out.parent.is_dir():
-        raise UserInputError(f"folder {out.parent} does not exist")
+        missing = f"folder {out.parent} does not exist"
+        raise UserInputError(f"{out.parent} is not a folder" if out.parent.exists() else missing)
     snap = index.refresh()
     for shard in snap.shards:
         shard.check_intact()

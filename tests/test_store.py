@@ -75,3 +75,9 @@ def test_shards_without_a_manifest_are_a_damaged_index_never_built_over(tmp_path
     assert done.returncode != 0 and "holds shard files but no manifest.json" in done.stderr
     assert "Traceback" not in done.stderr
     assert {p.name: p.read_bytes() for p in (path / manifest.SHARDS_DIR).iterdir()} == before
+
+
+def test_a_manifest_that_is_not_a_json_object_is_called_damaged(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(IndexFormatError, match="damaged: not a JSON object"):
+        manifest.load(tmp_path)

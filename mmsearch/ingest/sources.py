@@ -135,6 +135,8 @@ def check_lists(paths: Iterable[str | Path]) -> list[str]:
     """Absolute paths of the list files, or a one-line error for the first unusable one."""
     checked = []
     for path in paths:
+        if os.path.isdir(path):
+            raise UserInputError(f"{path} is a folder; --url-column reads a list file (.txt, .csv, .jsonl or .parquet)")
         if not os.path.isfile(path):
             raise UserInputError(f"list file not found: {path}")
         checked.append(absolute(path))

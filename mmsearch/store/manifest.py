@@ -137,19 +137,26 @@ def check_not_orphaned(index_dir: Path) -> None:
         )
 
 
+def not_found(index_dir: Path) -> IndexNotFoundError:
+    """The error for a folder without a manifest (refusing one whose shards lost theirs)."""
+    check_not_orphaned(index_dir)
+    return IndexNotFoundError(f"no index at {index_dir}; create one with `mmsearch index PATH` or pass --index")
+
+
 def load(index_dir: Path, salvaged: list[str] | None = None) -> Manifest:
     """Read and, if needed, migrate the manifest of ``index_dir``. With a ``salvaged`` list
     (``repair``), an unreadable deletions file is dropped and said there instead of raising:
     the ids it deleted are lost, so those items come back."""
     path = manifest_path(index_dir)
     if not path.is_file():
-        check_not_orphaned(index_dir)
-        raise IndexNotFoundError(f"no index at {index_dir}; create one with `mmsearch index PATH` or pass --index")
+        raise not_found(index_dir)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise IndexFormatError(f"cannot read {path}: {exc}") from exc
-    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise IndexFormatError(f"{path} is damaged: not a JSON object")
+    version = data.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has format version {version}; this mmsearch reads up to {FORMAT_VERSION}, upgrade mmsearch"

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsearch.errors import IndexNotFoundError, ShardDamagedError
+from mmsearch.errors import ShardDamagedError
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.catalog import Catalog
 from mmsearch.store.manifest import Manifest
@@ -35,8 +35,7 @@ def manifest_stamp(index_dir: Path) -> Stamp:
     try:
         stat = os.stat(os.path.join(index_dir, manifest_io.MANIFEST_NAME))
     except FileNotFoundError:
-        manifest_io.check_not_orphaned(index_dir)
-        raise IndexNotFoundError(f"no index at {index_dir} (it may have been deleted)") from None
+        raise manifest_io.not_found(index_dir) from None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
