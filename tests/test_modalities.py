@@ -114,6 +114,10 @@ def test_query_arithmetic_parsing(photos: Path) -> None:
     for empty in (" + ", '"dog" + ""'):
         with pytest.raises(UserInputError):
             parse(empty)
+    for dangling in ('"dog" +', "+ - +"):
+        with pytest.raises(UserInputError, match="without a term after it"):
+            parse(dangling)
+    assert parse("- dog") == [Term(-1.0, "text", "dog")]  # a leading sign has nothing before it
 
 
 def test_arithmetic_moves_the_query_vector(index_with_photos: Index) -> None:

@@ -48,7 +48,9 @@ def parse(expression: str) -> list[Term]:
         if index % 2:
             sign = 1.0 if piece == "+" else -1.0
             continue
-        if not piece.strip():
+        if not piece.strip() or piece.strip() in "+-":
+            if index or piece.strip():  # only a leading sign has nothing before it
+                raise UserInputError(f"the query {expression!r} has a + or - without a term after it")
             continue
         weighted = WEIGHT.match(piece.strip())
         weight, value = (float(weighted.group(1)), weighted.group(2)) if weighted else (1.0, piece)
