@@ -11,18 +11,16 @@ read the ratios.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
+from rerun import publish
 
 from mmsearch.rerank import cross
 
-RESULTS = Path(__file__).parent / "results"
 ROUNDS = 7
 
 
@@ -96,14 +94,10 @@ def main() -> None:
                 "ratio": round(old / new, 2),
             }
         report["judge_50_candidates"] = judge
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "attention.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (RESULTS / "attention.md").write_text(text)
-    print(text)
+    publish("attention", report, markdown(report))
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict) -> list[str]:
     lines = [
         "# Attention at re-ranking sizes (one torch thread)",
         "",
@@ -131,7 +125,7 @@ def markdown(report: dict) -> str:
     ]
     for tokens, row in report["judge_50_candidates"].items():
         lines.append(f"| {tokens} | {row['sdpa_ms']} | {row['padded_ms']} | {row['ratio']} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

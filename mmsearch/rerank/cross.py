@@ -81,7 +81,7 @@ def attend(
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
     """``softmax(q kᵀ / √d) v`` over the keys ``allowed`` lets through, the keys padded with
     masked slots to a multiple of 16: torch's CPU softmax vectorises only rows of a multiple
-    of 16 (over 10 to 15 values it took 5-9× as long as over 16), and this ran 1.6-2× as fast
+    of 16 (over 10 to 15 values it took 6-9× as long as over 16), and this ran 1.5-2.2× as fast
     as ``scaled_dot_product_attention`` at re-ranking sizes (``benchmarks/attention.py``). Every
     row must allow at least one key (a text always has its start token, an item all its tokens)."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
