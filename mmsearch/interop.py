@@ -113,6 +113,8 @@ def export(
     for shard in snap.shards:
         shard.check_intact()
     counts = _live_counts(snap)
+    if not counts:
+        raise UserInputError(f"index {index.path} holds no items: nothing to export")
     plan = _plan_chunks(counts, chunk_rows)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

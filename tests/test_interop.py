@@ -180,3 +180,9 @@ def test_zero_vectors_are_skipped_and_batches_fill_shards(tmp_path: Path) -> Non
     assert sorted(idx.sql("SELECT path FROM items").column("path").to_pylist()) == [
         f"p{i}" for i in range(10) if i not in (3, 5)
     ]
+
+
+def test_an_empty_index_is_not_exported(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="holds no items: nothing to export"):
+        export(Index.create(tmp_path / "v", dim=4), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

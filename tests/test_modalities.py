@@ -146,3 +146,15 @@ def test_a_query_file_whose_embedding_is_not_finite_is_a_user_error(tmp_path: Pa
     idx = Index.create(tmp_path / "index", model="demo")
     with pytest.raises(UserInputError, match="embedding is not finite"):
         idx.search(audio=nan)
+
+
+def test_a_caption_table_without_a_text_column_names_what_was_looked_for(tmp_path: Path) -> None:
+    from mmsearch.ingest.decode import DecodeOptions, decode
+    from mmsearch.ingest.discover import decoder_of
+
+    table = tmp_path / "nocol.csv"
+    table.write_text("a,b\n1,2\n")
+    guessed = decode(str(table), decoder_of(str(table)), DecodeOptions())
+    assert guessed.error is not None and "no text column (none of text, caption" in guessed.error
+    named = decode(str(table), decoder_of(str(table)), DecodeOptions(text_column="words"))
+    assert named.error is not None and "no text column 'words' (columns: a, b)" in named.error

@@ -521,7 +521,8 @@ def decode_table(data: bytes, path: str, options: DecodeOptions, part: Part) -> 
     columns = table.column_names
     column = options.text_column or next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
     if column not in columns:
-        raise DecodeError(f"no text column {column or ''!r} (columns: {', '.join(columns)}); pass --text-column")
+        wanted = repr(options.text_column) if options.text_column else f"(none of {', '.join(TEXT_COLUMN_GUESSES)})"
+        raise DecodeError(f"no text column {wanted} (columns: {', '.join(columns)}); pass --text-column")
     if options.id_column and options.id_column not in columns:
         raise DecodeError(f"no id column {options.id_column!r} (columns: {', '.join(columns)})")
     texts = pc.utf8_trim_whitespace(pc.cast(table.column(column), pa.string()))

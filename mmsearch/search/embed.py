@@ -11,7 +11,7 @@ from mmsearch.errors import UserInputError
 from mmsearch.ingest.decode import decode
 from mmsearch.ingest.discover import absolute, decoder_of
 from mmsearch.ingest.pipeline import decode_options, inputs_of
-from mmsearch.models.base import Encoder, l2_normalise
+from mmsearch.models.base import Encoder, finite_rows, l2_normalise
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 
@@ -28,7 +28,7 @@ def embed_file(encoder: Encoder, path: str | Path) -> np.ndarray:
     if decoded.error is not None:
         raise UserInputError(f"cannot read query {decoder} {path}: {decoded.error}")
     vectors = encoder.embed(decoder, [piece.payload for piece in decoded.pieces])
-    if not np.isfinite(vectors).all():
+    if not finite_rows(vectors).all():
         raise UserInputError(f"cannot use query {decoder} {path}: its embedding is not finite (NaN or Inf samples?)")
     return l2_normalise(vectors.mean(axis=0, keepdims=True))[0]
 
