@@ -174,10 +174,11 @@ def prepare(
     found: list[FoundFile] = []
     unnamed: list[FoundFile] = []
     for file in candidates:
+        name = stored_name(file.path)
         if not pipeline.indexable(file.modality, inputs["modalities"]):
             summary.unsupported[file.modality] = summary.unsupported.get(file.modality, 0) + 1
-        elif stored_name(file.path) != file.path:
-            unnamed.append(replace(file, path=stored_name(file.path)))
+        elif name != file.path:
+            unnamed.append(replace(file, path=name))
         else:
             found.append(file)
     roots, unreadable = [stored_name(r) for r in roots], [stored_name(u) for u in unreadable]

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import types
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -242,12 +242,10 @@ def _finite_only(
     keep = np.array([decoded.error is None for decoded, _ in batch])
     if keep.all():
         return batch, vectors
-    dropped: dict[int, tuple[Decoded, int]] = {}  # by identity: pieces of one job share its Decoded
-    for decoded, _ in batch:
-        if decoded.error is not None:
-            dropped[id(decoded)] = (decoded, dropped.get(id(decoded), (decoded, 0))[1] + 1)
-    for decoded, count in dropped.values():
-        sink.drop(decoded, count)
+    failed = [decoded for decoded, _ in batch if decoded.error is not None]  # one per piece: a job's pieces share it
+    pieces = Counter(map(id, failed))
+    for decoded in {id(decoded): decoded for decoded in failed}.values():
+        sink.drop(decoded, pieces[id(decoded)])
     return [pair for pair, kept in zip(batch, keep) if kept], vectors[keep]
 
 
