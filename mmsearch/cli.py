@@ -275,7 +275,12 @@ def index(
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Embed every supported file under each PATH; re-runs only embed what changed."""
+    """Embed every supported file under each PATH; re-runs only embed what changed.
+
+    \b
+    Exit status: 0 when the run indexed at least one file or had nothing to do (some files
+    may have failed: see the summary); 1 when every file it tried failed; 2 for a usage error.
+    """
     from mmsearch.ingest.discover import check_roots
     from mmsearch.ingest.sources import check_lists
 
@@ -333,6 +338,9 @@ def index(
             f"  re-ranker features ({prepared.reranker}): {prepared.computed} computed, {prepared.stored} already "
             f"kept, {prepared.unreadable} unreadable, {prepared.dropped} of removed items dropped"
         )
+    if summary.nothing_indexed:
+        _say(f"mmsearch: error: no file could be indexed ({_plural(len(summary.failed), 'file')} failed)")
+        raise typer.Exit(1)
 
 
 def _check_default_reranker(model: str | None) -> None:

@@ -267,6 +267,32 @@ def test_index_exclude_leaves_files_out(demo_index: dict) -> None:
     assert len(paths) == 6 and not any("skipme" in path for path in paths)
 
 
+@pytest.mark.parametrize("json_out", [False, True])
+def test_index_where_every_file_fails_exits_1_after_its_summary(tmp_path: Path, json_out: bool) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(2):
+        (broken / f"b{i}.png").write_bytes(b"not a png")
+    args = ["index", str(broken), "--index", str(tmp_path / "idx"), "--model", "demo"]
+    result = run(*args, *(["--json"] if json_out else []), env=cli_env(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == "mmsearch: error: no file could be indexed (2 files failed)"
+    if json_out:
+        summary = json.loads(result.stdout)
+        assert summary["embedded"] == 0 and len(summary["failed"]) == 2
+    else:
+        assert result.stdout.splitlines()[0].endswith(
+            "0 embedded (0 vectors), 0 reused, 0 unchanged, 0 removed, 2 failed"
+        )
+    # Partial success stays a success: one good file among the broken ones.
+    write_image(broken / "good.png", (200, 30, 30))
+    (broken / "b2.png").write_bytes(b"not a png either")
+    again = run(*args, env=cli_env(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert " 1 embedded " in again.stdout.splitlines()[0] and again.stdout.splitlines()[0].endswith(" 1 failed")
+
+
 def test_label_uses_the_model_of_the_index(demo_index: dict) -> None:
     # The default model is not cached (and the hub is offline): only the index's demo model can work.
     env = demo_index["env"] | {"MMSEARCH_MODEL": "ViT-B-32:laion2b_s34b_b79k"}

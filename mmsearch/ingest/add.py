@@ -65,6 +65,11 @@ class AddSummary:
         data["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
         return data
 
+    @property
+    def nothing_indexed(self) -> bool:
+        """Every file this run tried failed: nothing was embedded or reused, at least one failure."""
+        return bool(self.failed) and self.embedded == 0 and self.reused == 0
+
 
 @dataclass(frozen=True)
 class AddOptions:
