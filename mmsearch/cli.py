@@ -954,7 +954,10 @@ def import_(
     device: DeviceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Add embeddings made elsewhere (clip-retrieval, LAION, `mmsearch export`) to an index, streaming."""
+    """Add embeddings made elsewhere (clip-retrieval, LAION, `mmsearch export`) to an index, streaming.
+
+    Rows whose path is already in the index (same modality) are skipped: importing again adds nothing twice.
+    """
     from mmsearch.interop import import_into, read_source, target_index
 
     src = read_source(source, modality)
@@ -966,6 +969,8 @@ def import_(
         return
     counts = ", ".join(f"{count} {kind}" for kind, count in summary.by_modality.items()) or "nothing"
     skipped = f", skipped {summary.skipped} zero or non-finite vectors" if summary.skipped else ""
+    if summary.already_indexed:
+        skipped += f", {summary.already_indexed} already in the index, skipped"
     typer.echo(f"imported {summary.rows} vectors ({counts}) into {summary.index}{skipped}")
 
 

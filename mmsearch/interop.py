@@ -79,12 +79,14 @@ class ExportSummary:
 
 @dataclass
 class ImportSummary:
-    """What ``import`` added; ``skipped`` counts rows whose vectors were zero or not finite."""
+    """What ``import`` added; ``skipped`` counts rows whose vectors were zero or not finite,
+    ``already_indexed`` rows whose path (in their modality) was live in the index before the import."""
 
     index: str
     source: str
     rows: int = 0
     skipped: int = 0
+    already_indexed: int = 0
     chunks: int = 0
     by_modality: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -145,16 +147,31 @@ def export(
     return ExportSummary(str(out), FORMAT, sum(counts.values()), counts, len(plan), time.perf_counter() - started)
 
 
-def _live_counts(snap: Snapshot) -> dict[str, int]:
-    """Live rows per modality, from each shard's id and modality columns (no catalog)."""
-    counts: dict[str, int] = {}
+def _live_columns(snap: Snapshot, columns: list[str]) -> Iterator[pa.Table]:
+    """Each shard's live rows, reading only ``columns`` (no catalog: it would hold every column)."""
     for info in snap.manifest.shards:
-        table = pq.read_table(parquet_path(snap.dir, info.name), columns=["id", "modality"])
-        live = ~np.isin(table.column("id").to_numpy(), snap.tombstones)
-        modalities = table.column("modality").to_numpy(zero_copy_only=False)[live]
+        table = pq.read_table(parquet_path(snap.dir, info.name), columns=["id", *columns])
+        yield table.filter(~np.isin(table.column("id").to_numpy(), snap.tombstones))
+
+
+def _live_counts(snap: Snapshot) -> dict[str, int]:
+    """Live rows per modality."""
+    counts: dict[str, int] = {}
+    for table in _live_columns(snap, ["modality"]):
+        modalities = table.column("modality").to_numpy(zero_copy_only=False)
         for modality, count in zip(*np.unique(modalities, return_counts=True)):
             counts[str(modality)] = counts.get(str(modality), 0) + int(count)
     return {m: counts[m] for m in FOLDERS if m in counts}
+
+
+def _live_paths(snap: Snapshot, modalities: set[str]) -> dict[str, pa.Array]:
+    """The distinct live paths of each of ``modalities`` (Arrow column operations, no row loop)."""
+    found: dict[str, list[pa.Array]] = {modality: [] for modality in modalities}
+    for table in _live_columns(snap, ["modality", "path"]):
+        for modality, arrays in found.items():
+            paths = table.filter(pc.equal(table.column("modality"), modality)).column("path")
+            arrays.append(pc.unique(paths.cast(pa.string())))
+    return {modality: pc.unique(pa.chunked_array(arrays, pa.string())) for modality, arrays in found.items()}
 
 
 def _plan_chunks(counts: dict[str, int], chunk_rows: int) -> list[Chunk]:
@@ -418,7 +435,10 @@ def import_into(
     """Add every chunk of ``source`` to ``index`` through :meth:`Index.add_vectors`, a batch at a time.
 
     ``batch_rows`` defaults to the index's shard size: each batch then seals one full shard and
-    no small segments are left to merge (a merge holds up to ten segments in memory).
+    no small segments are left to merge (a merge holds up to ten segments in memory). Rows whose
+    path is already live in the index in their modality (an earlier import of the same source)
+    are skipped, so importing again adds nothing twice; rows sharing a path within the source
+    (a text's passages) are all imported.
     """
     from tqdm import tqdm
 
@@ -428,8 +448,9 @@ def import_into(
     if batch_rows < 1:
         raise UserInputError("batch rows must be at least 1")
     summary = ImportSummary(str(index.path), str(source.root), chunks=len(source.chunks))
+    known = _live_paths(index.refresh(), {chunk.modality for chunk in source.chunks})
     with tqdm(total=source.rows, unit="row", disable=not progress, file=sys.stderr) as bar:
-        for modality, vectors, table in _batches(source, batch_rows, summary):
+        for modality, vectors, table in _batches(source, batch_rows, known, summary):
             index.add_vectors(vectors, table, modality=modality)
             summary.rows += len(vectors)
             summary.by_modality[modality] = summary.by_modality.get(modality, 0) + len(vectors)
@@ -438,10 +459,13 @@ def import_into(
     return summary
 
 
-def _batches(source: Source, batch_rows: int, summary: ImportSummary) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
+def _batches(
+    source: Source, batch_rows: int, known: dict[str, pa.Array], summary: ImportSummary
+) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
     """(modality, vectors, items) batches of exactly ``batch_rows`` good rows (fewer at the end of
     a modality), across chunk boundaries; at most two batches are in memory. Rows whose vectors
-    are zero or not finite are counted in ``summary.skipped`` and left out."""
+    are zero or not finite are counted in ``summary.skipped`` and left out, rows whose path is in
+    ``known[modality]`` in ``summary.already_indexed``."""
     vectors: list[np.ndarray] = []
     tables: list[pa.Table] = []
     pending, current = 0, None
@@ -454,8 +478,13 @@ def _batches(source: Source, batch_rows: int, summary: ImportSummary) -> Iterato
             yield current, np.concatenate(vectors), pa.concat_tables(tables, promote_options="permissive")
             vectors, tables, pending = [], [], 0
         current = chunk.modality
+        items = _as_items(table, chunk.modality)
+        new = pc.invert(pc.is_in(items.column("path"), value_set=known[chunk.modality])).to_numpy(zero_copy_only=False)
+        if not new.all():
+            piece, items = piece[new], items.filter(pa.array(new))
+            summary.already_indexed += int((~new).sum())
         vectors.append(piece)
-        tables.append(_as_items(table, chunk.modality))
+        tables.append(items)
         pending += len(piece)
         while pending >= batch_rows:
             joined, rows = np.concatenate(vectors), pa.concat_tables(tables, promote_options="permissive")

@@ -186,3 +186,26 @@ def test_an_empty_index_is_not_exported(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="holds no items: nothing to export"):
         export(Index.create(tmp_path / "v", dim=4), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_importing_again_skips_what_is_already_indexed(tmp_path: Path) -> None:
+    """A second import of the same source adds nothing; a text's passages (rows sharing a path)
+    all come in the first time, and an image and a text at the same path are different items."""
+    write_laion(tmp_path / "laion", n=10)
+    args = ["import", str(tmp_path / "laion"), "--index", str(tmp_path / "idx"), "--dim", str(DIM)]
+    first = run_cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["already_indexed"] == 0
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "imported 0 vectors (nothing)" in again.stdout and ", 20 already in the index, skipped" in again.stdout
+    assert Index.open(tmp_path / "idx").info_counts() == {"image": 10, "text": 10}
+
+    np.save(tmp_path / "pair.npy", unit(6, 12))
+    paths = ["https://x/0.jpg", "new.txt", "new.txt", "https://x/1.jpg", "other.txt", "new.txt"]
+    pq.write_table(pa.table({"path": paths}), tmp_path / "pair.parquet")
+    idx = Index.open(tmp_path / "idx")
+    summary = import_into(idx, read_source(tmp_path / "pair.npy", "text"), batch_rows=2)
+    assert (summary.rows, summary.already_indexed) == (4, 2)
+    assert import_into(idx, read_source(tmp_path / "pair.npy", "text")).already_indexed == 6
+    assert idx.info_counts() == {"image": 10, "text": 14}
