@@ -278,8 +278,8 @@ def index(
     """Embed every supported file under each PATH; re-runs only embed what changed.
 
     \b
-    Exit status: 0 when the run indexed at least one file or had nothing to do (some files
-    may have failed: see the summary); 1 when every file it tried failed; 2 for a usage error.
+    Exit status: 0 when files under the PATHs are indexed or nothing failed (some files may
+    have failed: see the summary); 1 when files failed and none is indexed; 2 for a usage error.
     """
     from mmsearch.ingest.discover import check_roots
     from mmsearch.ingest.sources import check_lists

@@ -73,7 +73,7 @@ def test_reindexing_or_naming_a_bad_file_reports_it_again(odd: dict) -> None:
 
     direct = run_cli("index", str(folder / BAD), "--index", str(index), "--json")
     no_traceback(direct)
-    assert direct.returncode == 0
+    assert direct.returncode == 1  # the only file named failed: nothing under the path is indexed
     assert json.loads(direct.stdout)["failed"] == [{"path": escaped(folder / BAD), "reason": REASON}]
     assert len(sql(index, "SELECT path FROM items")) == 2
     assert len(sql(index, "SELECT path FROM failures")) == 2  # recorded once each

@@ -67,8 +67,10 @@ class AddSummary:
 
     @property
     def nothing_indexed(self) -> bool:
-        """Every file this run tried failed: nothing was embedded or reused, at least one failure."""
-        return bool(self.failed) and self.embedded == 0 and self.reused == 0
+        """Files failed and none under the paths is indexed: nothing embedded, reused or already
+        there unchanged. (A failure next to unchanged files is a partial success: files whose
+        names cannot be stored are reported again on every run.)"""
+        return bool(self.failed) and self.embedded == self.reused == self.unchanged == 0
 
 
 @dataclass(frozen=True)
