@@ -98,8 +98,11 @@ def test_unreadable_ignore_file_marks_its_folder_unreadable(tmp_path: Path) -> N
     touch(tmp_path / "locked" / "b.jpg")
     (tmp_path / "locked" / ".mmsearchignore").symlink_to(".mmsearchignore")  # a loop: cannot be read
     unreadable: list[str] = []
-    assert found(tmp_path, unreadable=unreadable) == ["a.jpg"]
+    failed: list[tuple[str, str]] = []
+    assert found(tmp_path, unreadable=unreadable, failed=failed) == ["a.jpg"]
     assert unreadable == [str(tmp_path / "locked")]
+    reason = "folder left out: its .mmsearchignore cannot be read: Too many levels of symbolic links"
+    assert failed == [(str(tmp_path / "locked"), reason)]
 
 
 def test_bad_pattern_is_a_user_error(tmp_path: Path) -> None:

@@ -118,3 +118,31 @@ def test_empty_paths_are_usage_errors_not_the_current_folder(tmp_path: Path, arg
     assert "an empty path" in lines[0]
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # nothing written, nothing removed
     assert not any((tmp_path / "idx").iterdir())
+
+
+def test_a_fifo_and_a_broken_link_are_failures_and_the_rest_is_indexed(tmp_path: Path) -> None:
+    """Neither is opened (opening a FIFO would block the run): each is listed as failed with
+    why, recorded in the failures table, and the good file is indexed."""
+    folder = tmp_path / "odd"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "good.txt").write_text("a red apple on a table")
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "sub" / "gone.png").symlink_to(folder / "nowhere.png")
+    index = tmp_path / "idx"
+    result = run_cli("index", str(folder), "--index", str(index), "--model", "demo")
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("1 embedded (1 vectors), 0 reused, 0 unchanged, 0 removed, 2 failed")
+    assert f"  failed: {folder / 'pipe.txt'}: a named pipe (FIFO), not a regular file" in lines
+    link = f"  failed: {folder / 'sub' / 'gone.png'}: broken symbolic link (No such file or directory)"
+    assert link in lines
+    assert [row["path"] for row in sql(index, "SELECT path FROM items")] == [str(folder / "good.txt")]
+    assert {row["path"] for row in sql(index, "SELECT path FROM failures")} == {
+        str(folder / "pipe.txt"),
+        str(folder / "sub" / "gone.png"),
+    }
+
+    alone = run_cli("index", str(folder / "pipe.txt"), "--index", str(index))
+    assert alone.returncode == 2
+    assert alone.stderr.strip().endswith("(a named pipe (FIFO), not a regular file)")

@@ -103,13 +103,15 @@ class AddOptions:
 @dataclass
 class Prepared:
     """A planned add inside an open writer session: what to do and how to decode it;
-    ``unnamed``: files whose names cannot be stored (under their escaped names), to report."""
+    ``unnamed``: files whose names cannot be stored (under their escaped names), to report;
+    ``not_files``: (path, reason) of entries that are not files and folders that cannot be read."""
 
     plan: Plan
     decoding: DecodeOptions
     stored: Snapshot
     encoder: Encoder | None
     unnamed: list[FoundFile] = field(default_factory=list)
+    not_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def add_files(
@@ -169,13 +171,16 @@ def prepare(
     )
     old_failures = stored.catalog.table("SELECT *, epoch_us(mtime) AS mtime_us FROM failures")
     unreadable: list[str] = []
+    not_files: list[tuple[str, str]] = []
     if listed:
         candidates = sources.listed(roots, options.url_column)
         roots = [f.path for f in candidates]
     else:
         skipped: Counter[str] = Counter()
         own = [str(Path(writer.dir).resolve())]
-        walked = walk(roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped)
+        walked = walk(
+            roots, exclude=own, unreadable=unreadable, ignore=list(options.exclude), skipped=skipped, failed=not_files
+        )
         candidates = list(walked)
         summary.skipped = dict(skipped)
     found: list[FoundFile] = []
@@ -198,7 +203,8 @@ def prepare(
     summary.previously_failed = len(plan.known_failures)
     summary.resumed = len(plan.resume)
     summary.seconds["discover"] = round(time.perf_counter() - started - summary.seconds.get("load", 0), 3)
-    return Prepared(plan, decoding, stored, encoder, unnamed)
+    not_files = [(stored_name(path), reason) for path, reason in not_files]
+    return Prepared(plan, decoding, stored, encoder, unnamed, not_files)
 
 
 def _first_failure_per_file(failures: Sequence[Decoded]) -> list[tuple[str, str]]:
@@ -221,14 +227,14 @@ def _resume_only_alike(plan: Plan, manifest: Manifest, fingerprint: str, incompl
 
 def finish(writer: ShardWriter, prepared: Prepared, summary: AddSummary) -> float:
     """Tombstone gone and superseded rows, record ``summary.failed`` (first the files whose
-    names cannot be stored), commit; returns the seconds it took."""
+    names cannot be stored and the entries that are not files), commit; returns the seconds it took."""
     started = time.perf_counter()
     plan = prepared.plan
     writer.tombstone(plan.gone)
     writer.tombstone(old for ids in plan.replaces.values() for old in ids)  # changed, then failed
-    summary.failed[:0] = [(file.path, UNSTORABLE_NAME) for file in prepared.unnamed]
+    summary.failed[:0] = [(file.path, UNSTORABLE_NAME) for file in prepared.unnamed] + prepared.not_files
     files = {f.path: f for f in [*plan.embed, *prepared.unnamed]}
-    failures = [_failure_row(files[path], reason, prepared.decoding) for path, reason in summary.failed]
+    failures = [_failure_row(files.get(path), path, reason, prepared.decoding) for path, reason in summary.failed]
     writer.set_failures(plan.kept_failures + failures)
     writer.commit()
     return round(time.perf_counter() - started, 3)
@@ -360,5 +366,7 @@ def item_row(item_id: int, file: FoundFile, decoded: Decoded, piece: Piece) -> d
     }
 
 
-def _failure_row(file: FoundFile, reason: str, options: DecodeOptions) -> dict:
-    return {**_file_fields(file), "reason": reason, "options": options.fingerprint()}
+def _failure_row(file: FoundFile | None, path: str, reason: str, options: DecodeOptions) -> dict:
+    """A failure; ``file`` is ``None`` for an entry that is not a file (no modality, size or mtime)."""
+    fields = _file_fields(file) if file is not None else {"path": path}
+    return {**fields, "reason": reason, "options": options.fingerprint()}

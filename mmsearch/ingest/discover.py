@@ -5,6 +5,8 @@ symlink loop cannot recurse forever. Hidden files and folders (dot-names) are
 skipped, like thumbnails caches and version-control folders should be. Files the
 user excludes (``ignore`` patterns, ``.mmsearchignore`` files, gitignore syntax) are
 not seen at all; supported-looking files that cannot be indexed are counted by reason.
+Entries that are not files (a FIFO, a socket, a broken symbolic link) and folders that
+cannot be listed are reported as failed, never opened: opening a FIFO blocks.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def walk(
     *,
     ignore: Sequence[str] = (),
     skipped: Counter[str] | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> Iterator[FoundFile]:
     """Yield every supported file of ``modalities`` under ``roots`` (files given directly included).
 
@@ -177,35 +180,41 @@ def walk(
     ``.mmsearchignore`` file met on the way (relative to its folder; deeper files and then
     ``ignore`` take precedence) hide files and prune folders: an ignored file is not seen.
     Every other regular file left out for its type is counted in ``skipped`` under a
-    reason such as ``".xyz (unsupported type)"``.
+    reason such as ``".xyz (unsupported type)"``. Entries that are not files and folders that
+    cannot be listed are appended to ``failed`` as (path, reason).
     """
     wanted, excluded = set(modalities), {os.path.realpath(p) for p in exclude}
     skipped = Counter() if skipped is None else skipped
     given = _spec(ignore, "ignore pattern")
 
-    def note(path: str | None) -> None:
+    def note(path: str | None, reason: str) -> None:
         if unreadable is not None and path:
             unreadable.append(absolute(path))
+        if failed is not None and path:
+            failed.append((absolute(path), reason))
+
+    def cannot_list(error: OSError) -> None:
+        note(error.filename, f"folder cannot be read: {error.strerror}")
 
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
-        if os.path.isfile(root):
+        if not os.path.isdir(root):
             folder = os.path.dirname(root)
             rules = _with_ignore_file([], folder, note)
             if rules is None or _ignored(root, False, [(folder, given), *reversed(rules)]):
                 continue
             found, reason = _classify(root, wanted=None)
             if found is None:
-                raise UserInputError(f"unsupported file type: {root} ({reason or 'not a regular file'})")
+                raise UserInputError(f"unsupported file type: {root} ({reason or _not_a_file(root) or 'vanished'})")
             yield found
             continue
         rules_of: dict[str, list[Rule]] = {}
-        for directory, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: note(e.filename)):
+        for directory, dirnames, filenames in os.walk(root, followlinks=True, onerror=cannot_list):
             inherited = rules_of.pop(directory, [])
             try:
                 info = os.stat(directory)
             except OSError as error:
-                note(error.filename)
+                cannot_list(error)
                 dirnames.clear()
                 continue
             if (info.st_dev, info.st_ino) in seen_dirs or os.path.realpath(directory) in excluded:
@@ -233,6 +242,8 @@ def walk(
                     yield found
                 elif reason is not None:
                     skipped[reason] += 1
+                elif (why := _not_a_file(path)) is not None and failed is not None:
+                    failed.append((path, why))
 
 
 def _spec(lines: Iterable[str], source: str) -> pathspec.GitIgnoreSpec:
@@ -242,7 +253,7 @@ def _spec(lines: Iterable[str], source: str) -> pathspec.GitIgnoreSpec:
         raise UserInputError(f"bad {source}: {error}") from None
 
 
-def _with_ignore_file(rules: list[Rule], folder: str, note: Callable[[str], None]) -> list[Rule] | None:
+def _with_ignore_file(rules: list[Rule], folder: str, note: Callable[[str, str], None]) -> list[Rule] | None:
     """``rules`` plus the folder's ``.mmsearchignore`` if it has one; ``None`` if that file
     cannot be read: the folder is then noted as unreadable rather than indexed unfiltered."""
     path = os.path.join(folder, IGNORE_FILE)
@@ -251,8 +262,8 @@ def _with_ignore_file(rules: list[Rule], folder: str, note: Callable[[str], None
             lines = handle.read().splitlines()
     except FileNotFoundError:
         return rules
-    except OSError:
-        note(folder or os.curdir)
+    except OSError as error:
+        note(folder or os.curdir, f"folder left out: its {IGNORE_FILE} cannot be read: {error.strerror}")
         return None
     return [*rules, (folder, _spec(lines, f"pattern in {path}"))]
 
@@ -288,6 +299,24 @@ def _classify(path: str, wanted: set[str] | None) -> tuple[FoundFile | None, str
     if wanted is not None and MODALITY_OF_DECODER[decoder] not in wanted:
         return None, f"{label} ({MODALITY_OF_DECODER[decoder]} not selected)"
     return FoundFile(path, decoder, info.st_size, info.st_mtime_ns), None
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why an entry that is not a regular file cannot be indexed, from its ``stat`` alone (never
+    opened); ``None`` for a folder (walked on its own) or an entry that vanished meanwhile."""
+    try:
+        os.lstat(path)
+    except OSError:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return f"broken symbolic link ({error.strerror})"
+    if stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a device or other special file")
+    return f"{kind}, not a regular file"
 
 
 def under(path: str, roots: Iterable[str]) -> bool:
