@@ -81,3 +81,45 @@ def test_a_manifest_that_is_not_a_json_object_is_called_damaged(tmp_path: Path) 
     (tmp_path / "manifest.json").write_text("[]")
     with pytest.raises(IndexFormatError, match="damaged: not a JSON object"):
         manifest.load(tmp_path)
+
+
+SHARD = {"name": "000001", "rows": 3, "recipe": "Flat", "faiss_sha256": "f", "parquet_sha256": "p"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dim": "x"}, 'field dim is a string ("x"), expected an integer'),
+        ({"dim": True}, "field dim is true/false (true), expected an integer"),
+        ({"shards": 5}, "field shards is an integer (5), expected a list"),
+        ({"shards": [{k: v for k, v in SHARD.items() if k != "rows"}]}, "field shards[0].rows is missing"),
+        ({"shards": [SHARD, "x"]}, 'field shards[1] is a string ("x"), expected an object'),
+        ({"shards": [SHARD | {"params": {"nprobe": "8"}}]}, "field shards[0].params is an object"),
+        ({"model": 3}, "field model is an integer (3), expected a string or null"),
+        ({"retired": []}, "field retired is a list ([]), expected an object"),
+        ({"space_id": None}, "field space_id is null, expected a string"),
+        ({"pending_tombstones": ["a"], "format_version": 2}, "field pending_tombstones is not a list of integers"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_is_damage_named_in_one_line(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    good = manifest.Manifest(model="demo", space_id="s", dim=4, recipe="auto", shard_size=10)
+    data = json.loads(good.to_json()) | {"shards": [SHARD]} | change
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(IndexFormatError) as raised:
+        manifest.load(tmp_path)
+    assert str(raised.value).startswith(f"{tmp_path / 'manifest.json'} is damaged: {message}")
+    assert "\n" not in str(raised.value)
+
+
+def test_info_on_a_manifest_with_a_wrongly_typed_field_is_one_line(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    good = manifest.Manifest(model=None, space_id="s", dim=4, recipe="auto", shard_size=10)
+    (tmp_path / "manifest.json").write_text(json.dumps(json.loads(good.to_json()) | {"dim": "x"}))
+    done = run_cli("info", "--index", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f'mmsearch: error: {tmp_path / "manifest.json"} is damaged: field dim is a string ("x"), expected an integer'
+    ]

@@ -12,11 +12,13 @@ stays a few KB whatever the number of deletions.
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -105,13 +107,87 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
-        data = dict(data)
-        pending = data.pop("pending_tombstones", [])
-        data["shards"] = [ShardInfo(**shard) for shard in data.get("shards", [])]
+        """The manifest in ``data``; a ``ValueError`` naming the first field that is missing or
+        of the wrong type (checked against the dataclass annotations, once per generation)."""
         known = {f.name for f in fields(cls)} - {"tombstones", "written"}
-        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known or k == "pending_tombstones"}
+        _check_fields(cls, data, "")
+        pending = data.pop("pending_tombstones", [])
+        if not isinstance(pending, list) or not all(_is_int(i) for i in pending):
+            raise ValueError("field pending_tombstones is not a list of integers")
+        data["shards"] = [ShardInfo(**shard) for shard in data.get("shards", [])]
+        manifest = cls(**data)
         manifest.tombstones = np.unique(np.asarray(pending, dtype=np.int64))
         return manifest
+
+
+def _check_fields(cls: type, data: dict, where: str) -> None:
+    """Raise ``ValueError`` for a required field of ``cls`` missing from ``data`` or a field whose
+    value does not fit its annotation; ``where`` prefixes the field's name (``shards[2].``)."""
+    hints = _hints(cls)
+    for spec in fields(cls):
+        if spec.name in data:
+            value = data[spec.name]
+            if not _fits(value, hints[spec.name], f"{where}{spec.name}"):
+                raise ValueError(f"field {where}{spec.name} is {_kind(value)}, expected {_expected(hints[spec.name])}")
+        elif spec.default is MISSING and spec.default_factory is MISSING:
+            raise ValueError(f"field {where}{spec.name} is missing")
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _fits(value: object, hint: Any, name: str) -> bool:
+    """Whether a JSON value fits an annotation (nested shard entries are checked field by field)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg, name) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return _is_int(value)
+    if hint is float:
+        return _is_int(value) or isinstance(value, float)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict:
+        return isinstance(value, dict)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(item, get_args(hint)[1], name) for item in value.values())
+    if origin is list:
+        if not isinstance(value, list):
+            return False
+        for at, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ValueError(f"field {name}[{at}] is {_kind(item)}, expected an object")
+            _check_fields(get_args(hint)[0], item, f"{name}[{at}].")
+        return True
+    raise TypeError(f"no check for annotation {hint}")  # a new field type: extend _fits
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
+    shown = json.dumps(value)
+    return "null" if value is None else f"{names.get(type(value), type(value).__name__)} ({shown[:40]})"
+
+
+def _expected(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", type(None): "null"}
+    args = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return " or ".join(names.get(arg, names.get(get_origin(arg), "a list")) for arg in args)
 
 
 def _now() -> str:
