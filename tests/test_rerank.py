@@ -456,12 +456,24 @@ def test_blip_reranks_through_from_pretrained(tiny_blip: Path, index: Index) -> 
 
 
 def test_blip_missing_folder_is_one_line(tmp_path: Path) -> None:
+    for missing in (str(tmp_path / "nothing"), "./nothing-here", "~/nothing-here"):
+        with pytest.raises(UserInputError) as refused:
+            registry.load_reranker(f"blip:{missing}")
+        assert str(refused.value) == f"no such re-ranker checkpoint folder: {missing}"
+    (tmp_path / "empty").mkdir()  # a folder that holds no model: transformers' own complaint, in one line
     with pytest.raises(ModelError, match="could not load BLIP model") as caught:
-        registry.load_reranker(f"blip:{tmp_path / 'nothing'}")
+        registry.load_reranker(f"blip:{tmp_path / 'empty'}")
     assert "\n" not in str(caught.value)
 
 
 # -- the CLI and the server ----------------------------------------------------------------------
+
+
+def test_cli_rerank_with_a_missing_checkpoint_folder_is_one_line(built: dict) -> None:
+    folder = str(built["index"].path)
+    done = run_cli("query", "a red circle", "--rerank", "--reranker", "blip:/nonexistent", "--index", folder)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == ["mmsearch: error: no such re-ranker checkpoint folder: /nonexistent"]
 
 
 def test_cli_rerank_json_and_min_prob(built: dict) -> None:

@@ -72,7 +72,7 @@ def parse(spec: str, plugin_schemes: Collection[str] = ()) -> ModelSpec:
     if plus:
         if not audio:
             raise ModelError(f"model spec {spec!r} names no CLAP model after {CLAP_PARTNER!r}")
-        local = _local_folder(audio)
+        local = local_folder(audio)
         audio = str(local) if local is not None and local.is_dir() else audio
         parsed = parse(base, plugin_schemes)
         return replace(parsed, spec=f"{parsed.spec}{CLAP_PARTNER}{audio}", audio=f"clap:{audio}")
@@ -91,7 +91,7 @@ def parse(spec: str, plugin_schemes: Collection[str] = ()) -> ModelSpec:
 
 
 def _hf_spec(spec: str, name: str) -> ModelSpec:
-    local = _local_folder(name)
+    local = local_folder(name)
     if local is not None:
         return ModelSpec(f"{HF}:{local}", HF, str(local))
     if name.count("/") != 1 or not all(name.split("/")):
@@ -122,7 +122,7 @@ def demo_weights() -> OpenClipSpec:
     return OpenClipSpec(DEMO_ARCH, str(weights[0]), "file")
 
 
-def _local_folder(name: str) -> Path | None:
+def local_folder(name: str) -> Path | None:
     """``name`` as an absolute path when it is written as one (or names an existing folder)."""
     if name.startswith(("/", "./", "../", "~")) or Path(name).is_dir():
         return Path(name).expanduser().resolve()

@@ -14,16 +14,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmsearch.errors import ModelError, one_line
+from mmsearch.errors import ModelError, UserInputError, one_line
 from mmsearch.models.device import inference, to_numpy
 from mmsearch.models.hf import quiet, require_transformers
+from mmsearch.models.spec import local_folder
 from mmsearch.rerank.base import Candidate, Query, Reranker
 from mmsearch.rerank.inputs import image_crops
 
 
 def load(name: str, device: str) -> BlipReranker:
-    """The ``blip`` scheme's factory: ``name`` is ``ORG/REPO`` or a local folder."""
-    return BlipReranker(name, device)
+    """The ``blip`` scheme's factory: ``name`` is ``ORG/REPO`` or a local folder (written as a
+    path, it must exist: else transformers would take it for a hub repo and say so)."""
+    folder = local_folder(name)
+    if folder is not None and not folder.exists():
+        raise UserInputError(f"no such re-ranker checkpoint folder: {name}")
+    return BlipReranker(str(folder) if folder is not None else name, device)
 
 
 class BlipReranker(Reranker):
