@@ -1140,7 +1140,24 @@ def _click_errors() -> tuple[type[Any], type[Any]]:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point: every error becomes one ``mmsearch: error: ...`` line and an exit code."""
+    """Console entry point: every error becomes one ``mmsearch: error: ...`` line and an exit code.
+
+    A reader that closes the pipe early (``mmsearch sql ... | head -1``) ends the command quietly
+    with exit code 1, as a Unix filter does: the Python docs' recipe for SIGPIPE (stdout is pointed
+    at /dev/null, so the flush at interpreter exit cannot fail again). SIGPIPE itself keeps Python's
+    handling: a dropped HTTP client of ``serve`` must not kill the server.
+    """
+    try:
+        try:
+            _run(args)
+        finally:
+            sys.stdout.flush()  # output still buffered meets the closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _run(args: Sequence[str] | None) -> NoReturn:
     usage_error, click_exception = _click_errors()
     try:
         code = app(args=list(args) if args is not None else None, prog_name="mmsearch", standalone_mode=False)
@@ -1156,6 +1173,8 @@ def main(args: Sequence[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except typer.Abort:
         _fail("aborted", 1)
+    except BrokenPipeError:
+        raise  # the reader of our output left: main ends quietly
     except OSError as exc:  # the environment said no: permissions, a full disk, a vanished folder
         _fail(str(exc), 1)
     except KeyboardInterrupt:

@@ -391,3 +391,28 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         result = run("serve", "--index", str(tmp_path / "v"), "--port", port, env=cli_env(tmp_path))
     assert result.returncode == 2
     assert one_error_line(result) == f"mmsearch: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("output", [[], ["--csv"], ["--json"]])
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path, output: list[str]) -> None:
+    """`mmsearch sql ... | head -1`: head gets its line; mmsearch stops with exit code 1, no
+    traceback and no message. (Python's own PYTHONUNBUFFERED mode drops a partly written
+    output silently instead, so the pipeline runs without it, as users do.)"""
+    import numpy as np
+
+    from mmsearch import Index
+
+    Index.create(tmp_path / "v", dim=4).add_vectors(
+        np.ones((20_000, 4), np.float32), [{"path": f"/a/long/enough/path/{i:05d}.jpg"} for i in range(20_000)]
+    )  # ~700 kB of output: more than a pipe holds
+    env = cli_env(tmp_path, PYTHONUNBUFFERED=None)
+    command = [sys.executable, "-m", "mmsearch.cli", "sql", "SELECT path FROM items", "--index", str(tmp_path / "v")]
+    writer = subprocess.Popen([*command, *output], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    assert writer.stdout is not None and writer.stderr is not None
+    writer.stdout.close()  # only head reads it now
+    first, _ = head.communicate(timeout=120)
+    errors = writer.stderr.read().decode()
+    assert writer.wait(timeout=120) == 1
+    assert first.decode().strip() in ("path", "[")
+    assert errors == ""
