@@ -303,7 +303,7 @@ def _classify(path: str, wanted: set[str] | None) -> tuple[FoundFile | None, str
 
 def _not_a_file(path: str) -> str | None:
     """Why an entry that is not a regular file cannot be indexed, from its ``stat`` alone (never
-    opened); ``None`` for a folder (walked on its own) or an entry that vanished meanwhile."""
+    opened); ``None`` for a folder (walked on its own), a file, or an entry that vanished meanwhile."""
     try:
         os.lstat(path)
     except OSError:
@@ -312,7 +312,7 @@ def _not_a_file(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except OSError as error:
         return f"broken symbolic link ({error.strerror})"
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
         return None
     kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
     kind = next((name for test, name in kinds if test(mode)), "a device or other special file")
