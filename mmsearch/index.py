@@ -561,7 +561,7 @@ class Index:
         dim = self._manifest.dim
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise UserInputError(f"query vectors must have {dim} dimensions, not {queries.shape[-1]}")
-        queries = l2_normalise(queries)
+        queries = searcher.unit_queries(queries)
 
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             counts = self._counts(snap)

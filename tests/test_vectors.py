@@ -15,6 +15,7 @@ import pytest
 
 from mmsearch import Index
 from mmsearch.errors import ModelMismatchError, UserInputError
+from mmsearch.search import searcher
 from mmsearch.store import manifest as manifest_io
 from mmsearch.store.schema import ITEM_SCHEMA
 
@@ -94,6 +95,29 @@ def test_unfiltered_batch_search_matches_brute_force(ivf) -> None:
     assert recall(found, brute(vectors, ids, queries, 10)) >= 0.95
     single = [h.id for h in idx.search(vector=queries[3], k=10)]
     assert single == found[3]
+
+
+def test_one_shard_answers_like_the_general_merge_with_missing_slots(ivf) -> None:
+    idx, _, _ = ivf
+    shard = next(s for s in idx.refresh().shards if s.info.recipe.startswith("IVF"))
+    queries = clustered(20, seed=3)
+    _, rows_found = shard.search(queries[:1], shard.info.rows)
+    k = int((rows_found >= 0).sum()) + 1  # what the first query's probed lists hold, and one more
+    alone = searcher.search([shard], queries[:1], k)
+    assert len(alone[0]) == k - 1  # its one empty slot is dropped, not read as the shard's last row
+    assert alone == searcher.hits(*searcher.search_top_k([shard], queries[:1], k))
+    fast = searcher.search([shard], queries, k)
+    assert fast == searcher.hits(*searcher.search_top_k([shard], queries, k))
+
+
+def test_one_shard_orders_tied_scores_by_lower_id(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "ties", dim=DIM)
+    vectors = clustered(40)
+    idx.add_vectors(np.concatenate([vectors[:5], vectors]), rows(45))  # ids 0-4 and 5-9 are the same vectors
+    assert len(idx.manifest.shards) == 1
+    for i in range(5):
+        hits = idx.search(vector=vectors[i], k=3)
+        assert [h.id for h in hits[:2]] == [i, i + 5] and hits[0].score == hits[1].score
 
 
 FILTERS = {"width = 3": lambda w: w == 3, "width < 10": lambda w: w < 10, "width < 50": lambda w: w < 50}

@@ -17,7 +17,9 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
+import faiss
 import numpy as np
 
 from mmsearch.store import recipes
@@ -72,7 +74,24 @@ def search(
 
     ``filters[i]``: the rows of ``shards[i]`` that may be returned (``None``: all).
     """
+    if len(shards) == 1 and k > 0 and (filters is None or filters[0] is None):
+        return _one_shard(shards[0], _as_queries(queries), k)
     return hits(*search_top_k(shards, queries, k, filters))
+
+
+def _one_shard(shard: Shard, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    """:func:`search` over one unfiltered shard. FAISS's answer is nearly always already
+    merged (every slot filled, scores strictly best first): its hits are then read straight
+    off the lists, without the merge's numpy calls, which cost more than the rest of a
+    query's Python because they run with the caches cold after FAISS's scan."""
+    scores, rows = shard.search(queries, k)
+    ids = shard.ids.take(rows, mode="wrap")  # a missing slot (-1) wraps; such a query is merged below
+    found = []
+    for q_scores, q_rows, q_ids in zip(scores.tolist(), rows.tolist(), ids.tolist()):
+        if -1 in q_rows or any(a <= b for a, b in pairwise(q_scores)):
+            return hits(*merge([_found(shard, scores, rows)], k))
+        found.append(list(zip(q_scores, q_ids)))
+    return found
 
 
 def search_top_k(
@@ -80,7 +99,7 @@ def search_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`search`, as the (scores, ids) arrays of :func:`merge`: what a group of
     shards answers before the groups are merged in turn (``mmsearch.distributed.search``)."""
-    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    queries = _as_queries(queries)
     if not shards or k <= 0:
         return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
     filters = filters if filters is not None else [None] * len(shards)
@@ -90,6 +109,18 @@ def search_top_k(
     else:
         parts = list(_POOL.map(lambda job: _search_shard(job[0], queries, k, job[1]), jobs))
     return merge(parts, k)
+
+
+def _as_queries(queries: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+
+
+def unit_queries(queries: np.ndarray) -> np.ndarray:
+    """A float32 C-order copy of ``queries`` (n, dim) with rows of unit length (zero rows
+    stay zero): one FAISS call where numpy takes five, each µs on a search's cold caches."""
+    out = np.array(queries, dtype=np.float32, order="C")
+    faiss.normalize_L2(out)
+    return out
 
 
 def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

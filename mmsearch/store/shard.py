@@ -148,7 +148,7 @@ class Shard:
             params = self._plain_params[0]
         else:
             params = recipes.search_params(self.info.recipe, _widened(self.info.params, widen), selector)
-        return self.index.search(queries, min(k, self.info.rows), params=params)
+        return recipes.search(self.index, queries, min(k, self.info.rows), params)
 
     def vectors(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Stored vectors of ``rows`` (all of them, in row order, when ``None``)."""
