@@ -173,6 +173,9 @@ def main() -> None:
         help="every image region token also carries the tower's embedding and the whole image pooled to 4x4",
     )
     parser.add_argument(
+        "--early-layer", type=int, help="every image region token also carries its patches after this ViT block"
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="keep the weights in --out-dir; refit the per-modality calibration on a --calibration-seed world",
@@ -188,9 +191,8 @@ def main() -> None:
     started = time.perf_counter()
 
     towers = DemoTowers("cpu")
-    config = CrossConfig(
-        cells=args.cells, whole_image=args.whole_image, image_dim=image_dim(args.cells, args.whole_image)
-    )
+    dim = image_dim(args.cells, args.whole_image, args.early_layer)
+    config = CrossConfig(cells=args.cells, whole_image=args.whole_image, early_layer=args.early_layer, image_dim=dim)
     rng = np.random.default_rng(args.seed)
     train = {
         "image": Items(towers, [world.sample_scene(rng) for _ in range(args.images)], "image", config),

@@ -380,8 +380,9 @@ def test_matcher_attention_is_multihead_attention_with_the_same_weights(keys: in
 
 
 def test_image_tokens_follow_the_matchers_config(demo_reranker) -> None:
-    """Finer region pixels and the whole-image part (the same embedding and coarse pixels in
-    every region token) widen the tokens as ``image_dim`` says; the shipped layout is their prefix."""
+    """Finer region pixels, the whole-image part (the same embedding and coarse pixels in every
+    region token) and an earlier ViT block's patches widen the tokens as ``image_dim`` says; the
+    shipped layout is their prefix."""
     import torch
 
     from mmsearch.preprocess import square_crop
@@ -404,6 +405,10 @@ def test_image_tokens_follow_the_matchers_config(demo_reranker) -> None:
     assert torch.equal(extra, extra[:, :1].expand_as(extra))  # one whole-image part, in every region
     assert torch.allclose(extra[:, 0, : embeddings.shape[-1]], embeddings)
     assert not torch.allclose(extra[0, 0], extra[1, 0])  # white vs black background, small vs large
+    early = towers.images(pixels, CrossConfig(early_layer=1, image_dim=image_dim(4, False, 1)))[0]
+    assert early.shape[-1] == image_dim(4, False, 1) == plain.shape[-1] + 4 * 96
+    assert torch.allclose(early[..., : plain.shape[-1]], plain, atol=1e-5)  # one pass yields both layers
+    assert not torch.allclose(early[..., plain.shape[-1] :], plain[..., : 4 * 96], atol=1e-2)
     fine = towers.images(pixels, CrossConfig(cells=8, image_dim=image_dim(8, False)))[0]
     assert fine.shape[-1] == image_dim(8, False) and torch.allclose(
         fine[..., -192:].unflatten(-1, (3, 4, 2, 4, 2)).mean((-3, -1)).flatten(-3), plain[..., -48:], atol=1e-5

@@ -33,6 +33,7 @@ class CrossConfig:
     frames: int = 16
     cells: int = 4  # pooled pixels per image region side
     whole_image: bool = False  # every region token also carries the tower's embedding and the image pooled to 4x4
+    early_layer: int | None = None  # and its patches' features after this ViT block
 
     @classmethod
     def from_dict(cls, data: dict) -> CrossConfig:

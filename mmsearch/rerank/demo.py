@@ -80,17 +80,25 @@ class DemoTowers:
         region's pixels pooled to ``config.cells`` squared (colour and layout survive the frozen
         tower either way). With ``config.whole_image`` every region also carries the tower's
         embedding and the whole image pooled to 4x4, so that each key shows the background
-        and the object's extent, not only its own 16x16 pixels.
+        and the object's extent, not only its own 16x16 pixels; with ``config.early_layer``,
+        last come its four patches' features after that ViT block.
         """
-        pooled, tokens = self.clip.visual(pixels)
+        if config.early_layer is None:
+            pooled, tokens = self.clip.visual(pixels)
+            layers = [tokens]
+        else:  # one pass that also keeps the patches after an earlier block (finer, more local detail)
+            last = len(self.clip.visual.transformer.resblocks) - 1
+            out = self.clip.visual.forward_intermediates(
+                pixels, indices=[config.early_layer, last], normalize_intermediates=True, output_fmt="NLC"
+            )
+            pooled, layers = out["image_features"], out["image_intermediates"][::-1]
         embeddings = torch.nn.functional.normalize(pooled, dim=-1)
-        n, width = tokens.shape[0], tokens.shape[-1]
         side = pixels.shape[-1] // PATCH // REGION  # regions per side
-        features = tokens.reshape(n, side, REGION, side, REGION, width).permute(0, 1, 3, 2, 4, 5)
-        parts = [features.reshape(n, side * side, REGION * REGION * width), _cells(pixels, side, config.cells)]
+        parts = [_regions(layers[0], side), _cells(pixels, side, config.cells)]
         if config.whole_image:
             whole = torch.cat([embeddings, _cells(pixels, 1, CELLS).flatten(1)], dim=1)
             parts.append(whole[:, None].expand(-1, side * side, -1))
+        parts += [_regions(tokens, side) for tokens in layers[1:]]
         return torch.cat(parts, dim=-1), embeddings
 
     @torch.no_grad()
@@ -106,9 +114,18 @@ class DemoTowers:
         return torch.from_numpy(normalise(crops, spec.mean, spec.std)).to(self.device)
 
 
-def image_dim(cells: int, whole_image: bool) -> int:
+def image_dim(cells: int, whole_image: bool, early_layer: int | None = None) -> int:
     """The width of :meth:`DemoTowers.images`' region tokens for a ``CrossConfig`` with these fields."""
-    return REGION * REGION * PATCH_WIDTH + 3 * cells * cells + (EMBED_WIDTH + 3 * CELLS * CELLS if whole_image else 0)
+    patches = REGION * REGION * PATCH_WIDTH
+    whole = EMBED_WIDTH + 3 * CELLS * CELLS if whole_image else 0
+    return patches + 3 * cells * cells + whole + (0 if early_layer is None else patches)
+
+
+def _regions(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """``(n, side², 4·width)``: ViT patch tokens ``(n, patches, width)`` grouped 2x2 into regions."""
+    n, width = tokens.shape[0], tokens.shape[-1]
+    grouped = tokens.reshape(n, side, REGION, side, REGION, width).permute(0, 1, 3, 2, 4, 5)
+    return grouped.reshape(n, side * side, REGION * REGION * width)
 
 
 def _cells(pixels: torch.Tensor, side: int, cells: int) -> torch.Tensor:
