@@ -284,7 +284,7 @@ def breakdown(index: Index, texts: list[str], repeats: int = 10) -> dict:
         crops = np.stack([read.payload for read in image_crops(candidates, towers.image_input.size)])
         clock.append(time.perf_counter())
         with torch.inference_mode():
-            tokens, embeddings = towers.images(towers.image_pixels(crops))
+            tokens, embeddings = towers.images(towers.image_pixels(crops), matcher.config)
             clock.append(time.perf_counter())
             memory = matcher.encode_item(tokens, "image")
             clock.append(time.perf_counter())

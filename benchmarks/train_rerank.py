@@ -33,7 +33,7 @@ from mmsearch import world
 from mmsearch.preprocess import square_crop
 from mmsearch.rerank.calibration import PerModality, Platt, expected_calibration_error, fit_per_modality, fit_platt
 from mmsearch.rerank.cross import CrossConfig, CrossMatcher, save_config
-from mmsearch.rerank.demo import DemoTowers, load_matcher
+from mmsearch.rerank.demo import DemoTowers, image_dim, load_matcher
 
 ATTRIBUTES = ("shape", "colour", "background", "count", "size")
 
@@ -41,7 +41,9 @@ ATTRIBUTES = ("shape", "colour", "background", "count", "size")
 class Items:
     """Frozen features and attributes of a world's images or sounds."""
 
-    def __init__(self, towers: DemoTowers, scenes: list[world.Scene], modality: str, chunk: int = 256) -> None:
+    def __init__(
+        self, towers: DemoTowers, scenes: list[world.Scene], modality: str, config: CrossConfig, chunk: int = 256
+    ) -> None:
         self.modality = modality
         self.attributes = {a: np.array([getattr(s, a) for s in scenes], dtype=object) for a in ATTRIBUTES}
         tokens, embeddings = [], []
@@ -49,7 +51,7 @@ class Items:
             part = scenes[start : start + chunk]
             if modality == "image":
                 crops = np.stack([square_crop(world.render(s), towers.image_input.size) for s in part])
-                t, e = towers.images(towers.image_pixels(crops))
+                t, e = towers.images(towers.image_pixels(crops), config)
             else:
                 t, e = towers.sounds(torch.from_numpy(np.stack([world.render_sound(s) for s in part])))
             tokens.append(t.half())
@@ -164,6 +166,15 @@ def main() -> None:
     parser.add_argument("--eval-sounds", type=int, default=500)
     parser.add_argument("--eval-queries", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cells", type=int, default=4, help="each image region's pixels pooled to N x N")
+    parser.add_argument(
+        "--whole-image",
+        action="store_true",
+        help="every image region token also carries the tower's embedding and the whole image pooled to 4x4",
+    )
+    parser.add_argument(
+        "--early-layer", type=int, help="every image region token also carries its patches after this ViT block"
+    )
     parser.add_argument(
         "--calibrate-only",
         action="store_true",
@@ -180,15 +191,16 @@ def main() -> None:
     started = time.perf_counter()
 
     towers = DemoTowers("cpu")
+    dim = image_dim(args.cells, args.whole_image, args.early_layer)
+    config = CrossConfig(cells=args.cells, whole_image=args.whole_image, early_layer=args.early_layer, image_dim=dim)
     rng = np.random.default_rng(args.seed)
     train = {
-        "image": Items(towers, [world.sample_scene(rng) for _ in range(args.images)], "image"),
-        "audio": Items(towers, [world.sample_scene(rng) for _ in range(args.sounds)], "audio"),
+        "image": Items(towers, [world.sample_scene(rng) for _ in range(args.images)], "image", config),
+        "audio": Items(towers, [world.sample_scene(rng) for _ in range(args.sounds)], "audio", config),
     }
     texts = Texts(towers)
     print(f"features: {time.perf_counter() - started:.0f} s", flush=True)
 
-    config = CrossConfig()
     matcher = CrossMatcher(config)
     decay = [p for p in matcher.parameters() if p.ndim >= 2]
     rest = [p for p in matcher.parameters() if p.ndim < 2]
@@ -242,8 +254,12 @@ def calibrate(matcher: CrossMatcher, towers: DemoTowers, texts: Texts, args, see
     with ``seed``; and the held-out figures (P@10, ECE raw / one pooled scaling / per modality)."""
     world_rng = np.random.default_rng(seed)
     held_out = {
-        "image": Items(towers, [world.sample_scene(world_rng) for _ in range(args.eval_images)], "image"),
-        "audio": Items(towers, [world.sample_scene(world_rng) for _ in range(args.eval_sounds)], "audio"),
+        "image": Items(
+            towers, [world.sample_scene(world_rng) for _ in range(args.eval_images)], "image", matcher.config
+        ),
+        "audio": Items(
+            towers, [world.sample_scene(world_rng) for _ in range(args.eval_sounds)], "audio", matcher.config
+        ),
     }
     figures: dict = {}
     logits, labels, modalities = [], [], []

@@ -379,6 +379,42 @@ def test_matcher_attention_is_multihead_attention_with_the_same_weights(keys: in
     assert torch.allclose(attend(layer, query, memory), layer(query, memory, memory, need_weights=False)[0], atol=1e-6)
 
 
+def test_image_tokens_follow_the_matchers_config(demo_reranker) -> None:
+    """Finer region pixels, the whole-image part (the same embedding and coarse pixels in every
+    region token) and an earlier ViT block's patches widen the tokens as ``image_dim`` says; the
+    shipped layout is their prefix."""
+    import torch
+
+    from mmsearch.preprocess import square_crop
+    from mmsearch.rerank.cross import CrossConfig
+    from mmsearch.rerank.demo import image_dim
+
+    towers = demo_reranker.towers
+    scenes = [
+        world.Scene("circle", "red", "white", 1, "small", 3),
+        world.Scene("circle", "red", "black", 1, "large", 3),
+    ]
+    pixels = towers.image_pixels(np.stack([square_crop(world.render(s), towers.image_input.size) for s in scenes]))
+    plain, embeddings = towers.images(pixels)
+    assert plain.shape == (2, 16, image_dim(4, False)) == (2, 16, demo_reranker.matcher.config.image_dim)
+    config = CrossConfig(cells=4, whole_image=True, image_dim=image_dim(4, True))
+    whole, same = towers.images(pixels, config)
+    assert whole.shape == (2, 16, config.image_dim) and torch.equal(same, embeddings)
+    assert torch.equal(whole[..., : plain.shape[-1]], plain)
+    extra = whole[..., plain.shape[-1] :]
+    assert torch.equal(extra, extra[:, :1].expand_as(extra))  # one whole-image part, in every region
+    assert torch.allclose(extra[:, 0, : embeddings.shape[-1]], embeddings)
+    assert not torch.allclose(extra[0, 0], extra[1, 0])  # white vs black background, small vs large
+    early = towers.images(pixels, CrossConfig(early_layer=1, image_dim=image_dim(4, False, 1)))[0]
+    assert early.shape[-1] == image_dim(4, False, 1) == plain.shape[-1] + 4 * 96
+    assert torch.allclose(early[..., : plain.shape[-1]], plain, atol=1e-5)  # one pass yields both layers
+    assert not torch.allclose(early[..., plain.shape[-1] :], plain[..., : 4 * 96], atol=1e-2)
+    fine = towers.images(pixels, CrossConfig(cells=8, image_dim=image_dim(8, False)))[0]
+    assert fine.shape[-1] == image_dim(8, False) and torch.allclose(
+        fine[..., -192:].unflatten(-1, (3, 4, 2, 4, 2)).mean((-3, -1)).flatten(-3), plain[..., -48:], atol=1e-5
+    )
+
+
 def test_demo_reranker_encodes_a_text_query_once_for_both_stages(index: Index) -> None:
     reranker = index.reranker()
     query = "two small blue squares on a black background"

@@ -27,10 +27,13 @@ class CrossConfig:
     heads: int = 4
     layers: int = 2
     text_dim: int = 96
-    image_dim: int = 4 * 96 + 48  # per region: four frozen patch features + its pixels pooled to 4x4
+    image_dim: int = 4 * 96 + 48  # per region: four frozen patch features + its pixels pooled to cells x cells
     audio_dim: int = 256  # frozen conv features, channels x mel bands, per frame
     patches: int = 16
     frames: int = 16
+    cells: int = 4  # pooled pixels per image region side
+    whole_image: bool = False  # every region token also carries the tower's embedding and the image pooled to 4x4
+    early_layer: int | None = None  # and its patches' features after this ViT block
 
     @classmethod
     def from_dict(cls, data: dict) -> CrossConfig:

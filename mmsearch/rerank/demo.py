@@ -32,7 +32,8 @@ CONFIG_FILE = DEMO_DIR / "rerank.json"
 WEIGHTS_FILE = DEMO_DIR / "rerank.safetensors"
 PATCH = 8  # the demo ViT's patch size
 REGION = 2  # ViT patches per region side: the matcher attends over 4x4 regions
-CELLS = 4  # pooled pixels per region side
+CELLS = 4  # pooled pixels per region side (the whole image's, with ``CrossConfig.whole_image``)
+PATCH_WIDTH, EMBED_WIDTH = 96, 128  # the demo ViT's token width and the demo model's embedding width
 DEFAULT_CACHE_BYTES = 64 << 20
 FEATURES_VERSION = 1  # bump when how items are read or encoded changes (crops, windows, towers' code)
 TEXTS_KEPT = 32  # recent query texts whose token features are kept (encoded once per query)
@@ -72,21 +73,33 @@ class DemoTowers:
         return x[:, :length], valid, torch.nn.functional.normalize(embedding, dim=-1)
 
     @torch.no_grad()
-    def images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised pixels ``(n, 3, 64, 64)`` → region tokens ``(n, 16, 432)`` and unit embeddings.
+    def images(self, pixels: torch.Tensor, config: CrossConfig = CrossConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised pixels ``(n, 3, 64, 64)`` → region tokens ``(n, 16, config.image_dim)`` and unit embeddings.
 
         A region is 2x2 ViT patches: their four frozen features side by side, plus the
-        region's pixels pooled to 4x4 (colour and layout survive the frozen tower either way).
+        region's pixels pooled to ``config.cells`` squared (colour and layout survive the frozen
+        tower either way). With ``config.whole_image`` every region also carries the tower's
+        embedding and the whole image pooled to 4x4, so that each key shows the background
+        and the object's extent, not only its own 16x16 pixels; with ``config.early_layer``,
+        last come its four patches' features after that ViT block.
         """
-        pooled, tokens = self.clip.visual(pixels)
-        n, width = tokens.shape[0], tokens.shape[-1]
+        if config.early_layer is None:
+            pooled, tokens = self.clip.visual(pixels)
+            layers = [tokens]
+        else:  # one pass that also keeps the patches after an earlier block (finer, more local detail)
+            last = len(self.clip.visual.transformer.resblocks) - 1
+            out = self.clip.visual.forward_intermediates(
+                pixels, indices=[config.early_layer, last], normalize_intermediates=True, output_fmt="NLC"
+            )
+            pooled, layers = out["image_features"], out["image_intermediates"][::-1]
+        embeddings = torch.nn.functional.normalize(pooled, dim=-1)
         side = pixels.shape[-1] // PATCH // REGION  # regions per side
-        features = tokens.reshape(n, side, REGION, side, REGION, width).permute(0, 1, 3, 2, 4, 5)
-        features = features.reshape(n, side * side, REGION * REGION * width)
-        small = torch.nn.functional.avg_pool2d(pixels, pixels.shape[-1] // (side * CELLS))
-        colours = small.reshape(n, 3, side, CELLS, side, CELLS).permute(0, 2, 4, 1, 3, 5)
-        colours = colours.reshape(n, side * side, 3 * CELLS * CELLS)
-        return torch.cat([features, colours], dim=-1), torch.nn.functional.normalize(pooled, dim=-1)
+        parts = [_regions(layers[0], side), _cells(pixels, side, config.cells)]
+        if config.whole_image:
+            whole = torch.cat([embeddings, _cells(pixels, 1, CELLS).flatten(1)], dim=1)
+            parts.append(whole[:, None].expand(-1, side * side, -1))
+        parts += [_regions(tokens, side) for tokens in layers[1:]]
+        return torch.cat(parts, dim=-1), embeddings
 
     @torch.no_grad()
     def sounds(self, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +112,28 @@ class DemoTowers:
     def image_pixels(self, crops: np.ndarray) -> torch.Tensor:
         spec = self.image_input
         return torch.from_numpy(normalise(crops, spec.mean, spec.std)).to(self.device)
+
+
+def image_dim(cells: int, whole_image: bool, early_layer: int | None = None) -> int:
+    """The width of :meth:`DemoTowers.images`' region tokens for a ``CrossConfig`` with these fields."""
+    patches = REGION * REGION * PATCH_WIDTH
+    whole = EMBED_WIDTH + 3 * CELLS * CELLS if whole_image else 0
+    return patches + 3 * cells * cells + whole + (0 if early_layer is None else patches)
+
+
+def _regions(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """``(n, side², 4·width)``: ViT patch tokens ``(n, patches, width)`` grouped 2x2 into regions."""
+    n, width = tokens.shape[0], tokens.shape[-1]
+    grouped = tokens.reshape(n, side, REGION, side, REGION, width).permute(0, 1, 3, 2, 4, 5)
+    return grouped.reshape(n, side * side, REGION * REGION * width)
+
+
+def _cells(pixels: torch.Tensor, side: int, cells: int) -> torch.Tensor:
+    """``(n, side², 3·cells²)``: each of ``side`` x ``side`` regions' pixels pooled to ``cells`` x ``cells``."""
+    n = len(pixels)
+    small = torch.nn.functional.avg_pool2d(pixels, pixels.shape[-1] // (side * cells))
+    small = small.reshape(n, 3, side, cells, side, cells).permute(0, 2, 4, 1, 3, 5)
+    return small.reshape(n, side * side, 3 * cells * cells)
 
 
 def feature_space(towers: str, config: Path, weights: Path) -> str:
@@ -199,7 +234,7 @@ class DemoReranker(Reranker):
             return out
         stacked = np.stack([item.payload for _, item in readable])
         if modality == "image":
-            tokens, embeddings = self.towers.images(self.towers.image_pixels(stacked))
+            tokens, embeddings = self.towers.images(self.towers.image_pixels(stacked), self.matcher.config)
         else:
             tokens, embeddings = self.towers.sounds(torch.from_numpy(stacked).to(self.device))
         memory = self.matcher.encode_item(tokens, modality).float().cpu().numpy()
