@@ -454,7 +454,7 @@ def search(
         return index.search(queries, k, params=params)  # the wrapper converts, or says what is wrong
     scores = np.empty((len(queries), k), np.float32)
     rows = np.empty((len(queries), k), np.int64)
-    index.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params)
+    index.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params)  # type: ignore[attr-defined]  # the SWIG method behind the wrapper
     return scores, rows
 
 
