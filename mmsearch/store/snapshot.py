@@ -115,12 +115,18 @@ class Snapshot:
             self._live = [RowFilter(_frozen(mask)) if not mask.all() else None for mask in masks]
         return self._live
 
-    def _allowed(self, condition: str | None) -> list[RowFilter | None]:
-        """Per shard, the rows a search may return: live and matching ``condition`` (a
-        SQL expression over ``items``), evaluated once per generation and cached."""
-        if condition is None:
+    def _allowed(self, where: str | None, modality: str | None = None) -> list[RowFilter | None]:
+        """Per shard, the rows a search may return: live, matching ``where`` (a SQL
+        expression over ``items``) and of ``modality``, evaluated once per generation and
+        cached. The filter and the modality are evaluated apart and intersected, never
+        joined as SQL text, so no filter can lift the modality restriction."""
+        if not where and modality is None:
             return self.live()
-        ids = self.catalog.ids_where(condition)  # live ids only
+        catalog = self.catalog
+        ids = catalog.ids_where(where) if where else None  # live ids only
+        if modality is not None:
+            same = catalog.ids_of_modality(modality)
+            ids = same if ids is None else np.intersect1d(ids, same, assume_unique=True)
         return [RowFilter(_frozen(np.isin(shard.ids, ids))) for shard in self.shards]
 
     def counts(self) -> dict[str, int]:
