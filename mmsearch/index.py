@@ -780,4 +780,3 @@ def found_vectors(snap: Snapshot, unique: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _ids_of(found: list[list[searcher.Hit]]) -> list[int]:
     return sorted({i for hits in found for _, i in hits})
-

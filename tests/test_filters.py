@@ -152,7 +152,7 @@ def test_a_filter_cannot_lift_the_modality_restriction(mixed: Index, where: str)
     searches = {
         "search": lambda: [mixed.search(vector=query, k=6, modality="image", where=where)],
         "search_batch": lambda: mixed.search_batch(query[None], k=6, modality="image", where=where),
-        "search_batch raw rows": lambda: mixed.search_batch(query[None], k=6, modality="image", where=where, group=False),
+        "raw rows": lambda: mixed.search_batch(query[None], k=6, modality="image", where=where, group=False),
     }
     for name, run in searches.items():
         try:

@@ -100,7 +100,7 @@ def _vetted(where: str) -> str:
     if len(where) > MAX_FILTER_CHARS:
         raise FilterError(f"invalid --where filter: longer than {MAX_FILTER_CHARS} characters")
     text = _STATEMENT.format(where)
-    parsed = json.loads(_parser().execute("SELECT json_serialize_sql($1)", [text]).fetchone()[0])
+    parsed = _parse(text)
     if parsed.get("error") and parsed.get("error_type") == "parser":
         raise FilterError(f"invalid --where filter: {' '.join(str(parsed.get('error_message')).split())}")
     statements = parsed.get("statements", [])  # a second statement (``; DROP ...``) is an error above
@@ -152,8 +152,14 @@ def _without_locations(value: Any) -> Any:
 @cache
 def _expected_shape() -> dict:
     """The shape of the engine's own filter statement (with a trivial filter)."""
-    parsed = json.loads(_parser().execute("SELECT json_serialize_sql($1)", [_STATEMENT.format("true")]).fetchone()[0])
-    return _shape(parsed["statements"][0]["node"])
+    return _shape(_parse(_STATEMENT.format("true"))["statements"][0]["node"])
+
+
+def _parse(text: str) -> dict:
+    """DuckDB's syntax tree of ``text`` (or its parse error), as JSON."""
+    row = _parser().execute("SELECT json_serialize_sql($1)", [text]).fetchone()
+    assert row is not None  # a scalar function answers one row
+    return json.loads(row[0])
 
 
 _local = threading.local()

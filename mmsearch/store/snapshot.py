@@ -123,10 +123,12 @@ class Snapshot:
         if not where and modality is None:
             return self.live()
         catalog = self.catalog
-        ids = catalog.ids_where(where) if where else None  # live ids only
-        if modality is not None:
-            same = catalog.ids_of_modality(modality)
-            ids = same if ids is None else np.intersect1d(ids, same, assume_unique=True)
+        if modality is None:
+            ids = catalog.ids_where(where)  # live ids only
+        elif where:
+            ids = np.intersect1d(catalog.ids_where(where), catalog.ids_of_modality(modality), assume_unique=True)
+        else:
+            ids = catalog.ids_of_modality(modality)
         return [RowFilter(_frozen(np.isin(shard.ids, ids))) for shard in self.shards]
 
     def counts(self) -> dict[str, int]:
