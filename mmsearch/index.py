@@ -566,11 +566,11 @@ class Index:
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
             counts = self._counts(snap)
             everything_matches = returned == "any" or set(counts) <= {returned}
-            condition = _combine(where, None if everything_matches else f"modality = '{returned}'")
+            restricted = None if everything_matches else returned  # applied apart from ``where``, see Snapshot.allowed
             floors = self._floors(snap, queries, returned, min_score)
 
             def top(k: int) -> list[list[searcher.Hit]]:
-                found = self._top_k(snap, queries, k, condition)
+                found = self._top_k(snap, queries, k, where or None, restricted)
                 return [
                     [hit for hit in hits if hit[0] >= floor] if floor is not None else hits
                     for hits, floor in zip(found, floors)
@@ -594,8 +594,11 @@ class Index:
     # Where a generation's data is read: here, in this process. ``RayIndex`` reads it from
     # the Ray actors that hold the shards (mmsearch/distributed/search.py).
 
-    def _top_k(self, snap: Snapshot, queries: np.ndarray, k: int, condition: str | None) -> list[list[searcher.Hit]]:
-        return searcher.search(snap.shards, queries, min(k, len(snap.catalog)), snap.allowed(condition))
+    def _top_k(
+        self, snap: Snapshot, queries: np.ndarray, k: int, where: str | None, modality: str | None
+    ) -> list[list[searcher.Hit]]:
+        allowed = snap.allowed(where, modality)
+        return searcher.search(snap.shards, queries, min(k, len(snap.catalog)), allowed)
 
     def _rows(self, snap: Snapshot, ids: Sequence[int]) -> dict[int, dict]:
         return snap.catalog.rows(ids)
@@ -777,8 +780,3 @@ def found_vectors(snap: Snapshot, unique: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _ids_of(found: list[list[searcher.Hit]]) -> list[int]:
     return sorted({i for hits in found for _, i in hits})
-
-
-def _combine(*conditions: str | None) -> str | None:
-    present = [f"({c})" for c in conditions if c]
-    return " AND ".join(present) or None

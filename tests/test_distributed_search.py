@@ -115,6 +115,17 @@ def test_errors_come_back_in_one_line(indexes) -> None:
         remote.sql("SELECT 1")
 
 
+def test_a_filter_cannot_lift_the_modality_on_the_actors(indexes) -> None:
+    local, remote = indexes
+    queries = unit(2, 13)
+    for where in ("1=1) OR (1=1", "true /*", "length(repeat('a', 1000000000)) > 0"):
+        with pytest.raises(FilterError, match=r"^invalid --where filter: [^\n]*$"):
+            remote.search_batch(queries, k=5, modality="text", where=where)
+    found = remote.search_batch(queries, k=5, modality="text", where="width >= 0 --")
+    assert {h.modality for hits in found for h in hits} == {"text"}
+    same(found, local.search_batch(queries, k=5, modality="text", where="width >= 0 --"))
+
+
 def test_text_query_on_a_model_index(encoder, ray_runtime, tmp_path: Path) -> None:
     from mmsearch.distributed.search import RayIndex
 

@@ -79,13 +79,14 @@ class SegmentServer:
             return self._views.get(generation)
 
     def search(
-        self, generation: int, queries: np.ndarray, k: int, condition: str | None
+        self, generation: int, queries: np.ndarray, k: int, where: str | None, modality: str | None
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """This group's merged top-k (``None``: that generation is not placed here)."""
+        """This group's merged top-k of ``modality`` rows matching ``where`` (``None``: that
+        generation is not placed here)."""
         view = self._view(generation)
         if view is None:
             return None
-        return searcher.search_top_k(view.shards, queries, k, view.allowed(condition))
+        return searcher.search_top_k(view.shards, queries, k, view.allowed(where, modality))
 
     def rows(self, generation: int, ids: Sequence[int]) -> dict[int, dict] | None:
         view = self._view(generation)
@@ -245,8 +246,10 @@ class RayIndex(Index):
 
     # -- reads, on the actors ----------------------------------------------------------------
 
-    def _top_k(self, snap: Snapshot, queries: np.ndarray, k: int, condition: str | None) -> list[list[searcher.Hit]]:
-        parts = self._each("search", snap, queries, k, condition)
+    def _top_k(
+        self, snap: Snapshot, queries: np.ndarray, k: int, where: str | None, modality: str | None
+    ) -> list[list[searcher.Hit]]:
+        parts = self._each("search", snap, queries, k, where, modality)
         return searcher.hits(*searcher.merge(parts, k))
 
     def _rows(self, snap: Snapshot, ids: Sequence[int]) -> dict[int, dict]:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmsearch.errors import FilterError
+from mmsearch.store import filters
 from mmsearch.store.rows import RowReader
 from mmsearch.store.schema import FAILURE_SCHEMA, ITEM_SCHEMA
 
@@ -67,6 +68,7 @@ class Catalog:
             self._sorted_ids = ids[self._order]
         self._local = threading.local()
         self.ids_where = lru_cache(maxsize=FILTER_CACHE_SIZE)(self._ids_where)
+        self.ids_of_modality = lru_cache(maxsize=None)(self._ids_of_modality)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -99,16 +101,29 @@ class Catalog:
     def _ids_where(self, where: str) -> np.ndarray:
         """Ids of live items matching a SQL boolean expression over ``items`` (cached).
 
-        DuckDB parses ``where`` as one expression, so it cannot smuggle in a statement.
+        ``where`` runs alone, as the one expression of a statement whose parse tree
+        :mod:`mmsearch.store.filters` vetted: it cannot smuggle in other SQL, and it
+        calls only functions that cannot blow up memory.
         """
+        statement = filters.statement(where)
         try:
             with self._time_limit():
-                table = self.con.table("items").filter(where).project("id").to_arrow_table()
+                table = self.con.sql(statement).to_arrow_table()
         except duckdb.InterruptException:
             raise FilterError(f"--where filter stopped after {USER_SQL_TIMEOUT_S:g} s") from None
         except duckdb.Error as exc:
             raise FilterError(f"invalid --where filter: {one_line(exc)}") from None
         ids = table.column("id").to_numpy().astype(np.int64)
+        ids.setflags(write=False)
+        return ids
+
+    def _ids_of_modality(self, modality: str) -> np.ndarray:
+        """Ids of live items of one modality (cached): the engine's own restriction, kept
+        apart from the user's filter and intersected with it."""
+        import pyarrow.compute as pc
+
+        mask = pc.fill_null(pc.equal(self.items.column("modality"), modality), False)
+        ids = self.items.column("id").to_numpy()[mask.to_numpy(zero_copy_only=False)].astype(np.int64)
         ids.setflags(write=False)
         return ids
 

@@ -115,12 +115,20 @@ class Snapshot:
             self._live = [RowFilter(_frozen(mask)) if not mask.all() else None for mask in masks]
         return self._live
 
-    def _allowed(self, condition: str | None) -> list[RowFilter | None]:
-        """Per shard, the rows a search may return: live and matching ``condition`` (a
-        SQL expression over ``items``), evaluated once per generation and cached."""
-        if condition is None:
+    def _allowed(self, where: str | None, modality: str | None = None) -> list[RowFilter | None]:
+        """Per shard, the rows a search may return: live, matching ``where`` (a SQL
+        expression over ``items``) and of ``modality``, evaluated once per generation and
+        cached. The filter and the modality are evaluated apart and intersected, never
+        joined as SQL text, so no filter can lift the modality restriction."""
+        if not where and modality is None:
             return self.live()
-        ids = self.catalog.ids_where(condition)  # live ids only
+        catalog = self.catalog
+        if modality is None:
+            ids = catalog.ids_where(where)  # live ids only
+        elif where:
+            ids = np.intersect1d(catalog.ids_where(where), catalog.ids_of_modality(modality), assume_unique=True)
+        else:
+            ids = catalog.ids_of_modality(modality)
         return [RowFilter(_frozen(np.isin(shard.ids, ids))) for shard in self.shards]
 
     def counts(self) -> dict[str, int]:
