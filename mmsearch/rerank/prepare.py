@@ -53,7 +53,7 @@ def prepare(catalog: Catalog, reranker: Reranker, *, progress: bool = False) -> 
     from tqdm import tqdm
 
     judged = sorted({item for _, item in reranker.pairs})
-    ids = catalog.ids_where(" OR ".join(f"modality = '{m}'" for m in judged))
+    ids = np.sort(np.concatenate([catalog.ids_of_modality(m) for m in judged]))
     run = _Run(store, reranker)
     with store.writing(), tqdm(total=len(ids), unit="item", disable=not progress, file=sys.stderr) as bar:
         store.sweep()
