@@ -1013,6 +1013,15 @@ def serve(
         ),
     ] = None,
     ray_actors: Annotated[int, typer.Option(metavar="N", help="With --ray: search actors to spread shards over.")] = 2,
+    reranker: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--reranker",
+            metavar="SPEC",
+            help="Also offer this re-ranker to clients (repeatable; loaded now). Clients may name only these "
+            "and the index's default.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the index over HTTP: a JSON API under /api (docs at /docs) and a search page at /."""
     from mmsearch.serve import require_serve
@@ -1024,7 +1033,11 @@ def serve(
     if threads < 1:
         raise UserInputError(f"--threads must be at least 1, not {threads}")
     settings = ServeSettings(
-        token=token, allow_sql=allow_sql, max_upload_bytes=int(max_upload_mb * 1_000_000), encoder_threads=threads
+        token=token,
+        allow_sql=allow_sql,
+        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        encoder_threads=threads,
+        rerankers=tuple(reranker or ()),
     )
     require_serve()
     path = _index_path(index)
@@ -1037,6 +1050,8 @@ def serve(
         idx: Index = RayIndex.open(path, device=device, actors=ray_actors, address=ray)
     else:
         idx = _open(path, device)
+    for spec in settings.rerankers:  # a bad spec fails here, in one line, not on a client's request
+        idx.reranker(spec)
     from mmsearch.serve.app import create_app
     from mmsearch.serve.server import run
 

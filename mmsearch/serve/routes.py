@@ -18,6 +18,7 @@ from mmsearch.errors import UserInputError
 from mmsearch.serve import media
 from mmsearch.serve.errors import error_response
 from mmsearch.serve.schemas import (
+    RERANKER_HELP,
     UPLOAD_FORM,
     BatchAnswer,
     BatchBody,
@@ -62,7 +63,7 @@ def build_router(service: SearchService) -> APIRouter:
         where: Annotated[Optional[str], Query(description="SQL boolean expression over items")] = None,
         min_score: Annotated[Optional[MinScore], Query(description="A cosine -1..1, or auto")] = None,
         rerank: bool = False,
-        reranker: Optional[str] = None,
+        reranker: Annotated[Optional[str], Query(description=RERANKER_HELP)] = None,
         rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
         min_prob: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
     ) -> JSONResponse:

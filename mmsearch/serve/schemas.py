@@ -11,6 +11,10 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["image", "text", "audio", "video", "any"]
+RERANKER_HELP = (
+    "Re-ranker spec (implies rerank); default: the index model's. Only the index's default and the specs the "
+    "server was started with (serve --reranker) are accepted: /api/info lists them"
+)
 MinScore = Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
 
 
@@ -30,7 +34,7 @@ class SearchBody(BaseModel):
         None, description="Drop weaker hits: a cosine, or 'auto' (hits that stand out from the index's scores)"
     )
     rerank: bool = Field(False, description="Re-score the top rerank_depth candidates with the re-ranker (text q only)")
-    reranker: Optional[str] = Field(None, description="Re-ranker spec (implies rerank); default: the index model's")
+    reranker: Optional[str] = Field(None, description=RERANKER_HELP)
     rerank_depth: int = Field(50, ge=1, le=1000, description="Candidates the re-ranker judges")
     min_prob: Optional[float] = Field(
         None, ge=0.0, le=1.0, description="Keep hits with match_prob >= this (implies rerank)"
