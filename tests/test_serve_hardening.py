@@ -7,8 +7,11 @@ The world and index come from test_serve's module fixture (built once for this m
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from test_serve import built, one_line_error, run_cli, start
 
@@ -57,3 +60,32 @@ def test_serve_refuses_a_bad_reranker_at_startup(built: dict) -> None:
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown re-ranker 'nope:x'" in lines[0]
+
+
+# -- A4: only files the ingest read are served -----------------------------------------------------
+
+
+def test_rows_added_as_vectors_never_serve_a_file(tmp_path: Path) -> None:
+    """A row that claims /etc/passwd with its exact size and mtime (and even a content hash) is
+    not an indexed file: neither its media nor its thumbnail is served."""
+    secret = Path("/etc/passwd")
+    info = secret.stat()
+    claimed = {
+        "path": str(secret),
+        "size": info.st_size,
+        "mtime": datetime.fromtimestamp(info.st_mtime, timezone.utc),
+        "format": "png",
+        "content_hash": "0" * 64,
+    }
+    index = Index.create(tmp_path / "vectors", dim=4)
+    (item,) = index.add_vectors(np.ones((1, 4), np.float32), [claimed], modality="image")
+    row = index.items([item])[item]
+    assert row["content_hash"] is None and row["size"] == info.st_size
+    running = start(index)
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            for route in ("media", "thumbs"):
+                answer = http.get(f"/api/{route}/{item}")
+                assert "no indexed file" in one_line_error(answer, 404) and "root:" not in answer.text
+    finally:
+        running.stop()
