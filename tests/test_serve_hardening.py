@@ -89,3 +89,18 @@ def test_rows_added_as_vectors_never_serve_a_file(tmp_path: Path) -> None:
                 assert "no indexed file" in one_line_error(answer, 404) and "root:" not in answer.text
     finally:
         running.stop()
+
+
+# -- B7: no thumbnail of a file that is gone ------------------------------------------------------
+
+
+def test_a_deleted_files_thumbnail_is_not_served_from_the_cache(client: httpx.Client, built: dict) -> None:
+    path = built["world"] / "mutable" / "swap.png"
+    found = client.get("/api/search", params={"where": f"path = '{path}'", "q": "grey", "k": 1}).json()["results"]
+    (hit,) = found
+    assert client.get(hit["thumb_url"]).status_code == 200  # made and cached
+    cached = list((built["index"].parent / "thumbs").rglob(f"{hit['content_hash'][:64]}*"))
+    path.unlink()
+    assert "no longer there" in one_line_error(client.get(hit["media_url"]), 404)
+    assert "no longer there" in one_line_error(client.get(hit["thumb_url"]), 404)
+    assert cached and all(p.exists() for p in cached)  # refused although the cache still holds it
