@@ -8,7 +8,6 @@ non-zero exit code: library errors by their type, usage errors with exit code 2.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -150,18 +149,11 @@ def _open(index: Path | None, device: str | None = None) -> Index:
 
 
 def _print_json(data: object) -> None:
-    """Strict JSON on stdout: a NaN or infinite number (e.g. from user SQL) prints as null."""
-    typer.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+    """Strict JSON on stdout: a NaN or infinite number (e.g. from user SQL) prints as null; other
+    SQL types as ``mmsearch.jsonvalues`` says (the server's SQL endpoint answers alike)."""
+    from mmsearch.jsonvalues import jsonable
 
-
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+    typer.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
 
 
 def _say(message: str) -> None:

@@ -6,6 +6,7 @@ The world and index come from test_serve's module fixture (built once for this m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,3 +105,46 @@ def test_a_deleted_files_thumbnail_is_not_served_from_the_cache(client: httpx.Cl
     assert "no longer there" in one_line_error(client.get(hit["media_url"]), 404)
     assert "no longer there" in one_line_error(client.get(hit["thumb_url"]), 404)
     assert cached and all(p.exists() for p in cached)  # refused although the cache still holds it
+
+
+# -- C2: every SQL result type as JSON, the same as the CLI's ---------------------------------------
+
+
+SQL_ANSWERS = [
+    ("SELECT 1.5::DECIMAL(10,2) AS v", [1.5]),
+    ("SELECT 3::DECIMAL(10,2) AS v", [3]),
+    ("SELECT 1::HUGEINT AS v", [1]),
+    ("SELECT (2::HUGEINT ** 70)::HUGEINT AS v", [str(2**70)]),  # beyond JavaScript's exact integers: a string
+    ("SELECT '12:00'::TIME AS v", ["12:00:00"]),
+    ("SELECT ['ab'::BLOB] AS v", [["YWI="]]),  # base64
+    ("SELECT 'nan'::DOUBLE AS v", [None]),
+    ("SELECT 'inf'::DOUBLE AS v", [None]),
+    ("SELECT DATE '2024-02-03' AS v", ["2024-02-03"]),
+]
+
+
+@pytest.mark.parametrize(("statement", "row"), SQL_ANSWERS)
+def test_sql_types_answer_as_json(client: httpx.Client, statement: str, row: list) -> None:
+    answer = client.post("/api/sql", json={"sql": statement})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["rows"] == [row]
+
+
+def test_sql_aggregates_and_summaries_answer(client: httpx.Client, index: Index) -> None:
+    total = client.post("/api/sql", json={"sql": "SELECT sum(size) AS n FROM items"})
+    assert total.status_code == 200 and total.json()["rows"] == [
+        [index.sql("SELECT sum(size) FROM items")[0][0].as_py()]
+    ]
+    assert isinstance(total.json()["rows"][0][0], int)
+    summary = client.post("/api/sql", json={"sql": "SUMMARIZE items"})
+    assert summary.status_code == 200, summary.text
+    names = [row[0] for row in summary.json()["rows"]]
+    assert "path" in names and "size" in names
+
+
+def test_the_cli_answers_sql_alike(client: httpx.Client, built: dict) -> None:
+    statement = "SELECT sum(size) AS s, 1.5::DECIMAL(10,2) AS d, '12:00'::TIME AS t, 'ab'::BLOB AS b FROM items"
+    cli = run_cli("sql", statement, "--json", "--index", str(built["index"]))
+    assert cli.returncode == 0, cli.stderr
+    http = client.post("/api/sql", json={"sql": statement}).json()
+    assert json.loads(cli.stdout) == [dict(zip(http["columns"], row)) for row in http["rows"]]

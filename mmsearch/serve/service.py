@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from typing import TypeVar
 
 import numpy as np
 
 from mmsearch.errors import MMSearchError, UserInputError
 from mmsearch.index import Index, SearchResult
+from mmsearch.jsonvalues import jsonable
 from mmsearch.rerank import registry
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
@@ -77,14 +77,6 @@ def offered_rerankers(model: str | None, extra: Sequence[str]) -> tuple[str, ...
     except UserInputError:
         default = []
     return tuple(dict.fromkeys([*default, *extra]))
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return value
 
 
 class SearchService:
@@ -330,6 +322,6 @@ class SearchService:
         rows = table.slice(0, limit).to_pylist()
         return {
             "columns": table.column_names,
-            "rows": [[_jsonable(value) for value in row.values()] for row in rows],
+            "rows": [jsonable(list(row.values())) for row in rows],
             "truncated": table.num_rows > limit,
         }
