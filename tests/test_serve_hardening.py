@@ -148,3 +148,23 @@ def test_the_cli_answers_sql_alike(client: httpx.Client, built: dict) -> None:
     assert cli.returncode == 0, cli.stderr
     http = client.post("/api/sql", json={"sql": statement}).json()
     assert json.loads(cli.stdout) == [dict(zip(http["columns"], row)) for row in http["rows"]]
+
+
+# -- C3: item ids outside int64 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("like_id", [2**64, 2**63, -(2**63) - 1, -1])
+def test_like_id_outside_int64_is_a_clear_422(client: httpx.Client, like_id: int) -> None:
+    answers = [
+        client.get("/api/search", params={"like_id": str(like_id)}),
+        client.post("/api/search", json={"like_id": like_id}),
+        client.post("/api/search/batch", json={"queries": [{"q": "red"}, {"like_id": like_id}]}),
+        client.post("/api/search", files={"file": ("", b"")}, data={"like_id": str(like_id)}),
+    ]
+    for answer in answers:
+        message = one_line_error(answer, 422)
+        assert "like_id" in message and ("less than or equal to 9223372036854775807" in message or "greater" in message)
+
+
+def test_the_largest_item_id_is_merely_not_found(client: httpx.Client) -> None:
+    assert "no item with id" in one_line_error(client.get("/api/search", params={"like_id": 2**63 - 1}), 404)

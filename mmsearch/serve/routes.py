@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from mmsearch.errors import UserInputError
@@ -32,6 +32,7 @@ from mmsearch.serve.service import SearchService
 from mmsearch.serve.uploads import DecodedUpload, UploadTooLarge, decode_upload, upload_options
 
 MAX_FILES = 4
+Body = TypeVar("Body", bound=BaseModel)
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="An item id from a search result")]
 
 
@@ -67,7 +68,8 @@ def build_router(service: SearchService) -> APIRouter:
         rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
         min_prob: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
     ) -> JSONResponse:
-        body = SearchBody.model_validate(
+        body = _validated(
+            SearchBody,
             {
                 "q": q,
                 "like_id": like_id,
@@ -80,7 +82,7 @@ def build_router(service: SearchService) -> APIRouter:
                 "reranker": reranker,
                 "rerank_depth": rerank_depth,
                 "min_prob": min_prob,
-            }
+            },
         )
         query = await service.run(lambda: service.check(body))
         return JSONResponse(await service.search(query, _root(request)))
@@ -221,7 +223,7 @@ def build_router(service: SearchService) -> APIRouter:
     return router
 
 
-def _validated(model: type[SearchBody], data: bytes | dict) -> SearchBody:
+def _validated(model: type[Body], data: bytes | dict) -> Body:
     """Validate a JSON body or form fields, reporting problems as request validation errors."""
     try:
         if isinstance(data, bytes):

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["image", "text", "audio", "video", "any"]
+ItemNumber = Annotated[int, Field(ge=0, le=2**63 - 1)]  # item ids are non-negative int64
 RERANKER_HELP = (
     "Re-ranker spec (implies rerank); default: the index model's. Only the index's default and the specs the "
     "server was started with (serve --reranker) are accepted: /api/info lists them"
@@ -25,7 +26,7 @@ class SearchBody(BaseModel):
 
     q: Optional[str] = Field(None, description='Text or arithmetic: "dog" + "beach" - "2:night"')
     vector: Optional[list[float]] = Field(None, description="A query vector of the index's dimension")
-    like_id: Optional[int] = Field(None, description="More like this item (the item itself is left out)")
+    like_id: Optional[ItemNumber] = Field(None, description="More like this item (the item itself is left out)")
     k: int = Field(10, description="Results per page")
     offset: int = Field(0, description="Results to skip (paging)")
     modality: Optional[Modality] = Field(None, description="What to return; default: by the query")
