@@ -8,6 +8,7 @@ non-zero exit code: library errors by their type, usage errors with exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -154,6 +155,13 @@ def _print_json(data: object) -> None:
     from mmsearch.jsonvalues import jsonable
 
     typer.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
+
+
+def _positive_finite(value: float) -> float:
+    """A size or limit given on the command line: NaN, infinity, zero or less is a usage error."""
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"must be a positive number, not {value:g}")
+    return value
 
 
 def _say(message: str) -> None:
@@ -989,7 +997,9 @@ def serve(
     allow_sql: Annotated[
         bool, typer.Option("--allow-sql", help="Add POST /api/sql (sandboxed read-only SELECT over the metadata).")
     ] = False,
-    max_upload_mb: Annotated[float, typer.Option(metavar="MB", help="Largest query file accepted.")] = 25.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(metavar="MB", help="Largest query file accepted.", callback=_positive_finite)
+    ] = 25.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request to stderr.")] = False,
     threads: Annotated[
         int, typer.Option(metavar="N", help="Torch threads per query encoding (queries are batched, not split).")

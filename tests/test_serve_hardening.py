@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve import built, one_line_error, run_cli, start
+from test_serve import built, one_line_error, run_cli, run_light, start
 
 from mmsearch import Index
 
@@ -168,3 +168,16 @@ def test_like_id_outside_int64_is_a_clear_422(client: httpx.Client, like_id: int
 
 def test_the_largest_item_id_is_merely_not_found(client: httpx.Client) -> None:
     assert "no item with id" in one_line_error(client.get("/api/search", params={"like_id": 2**63 - 1}), 404)
+
+
+# -- C5: bad option values are usage errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("megabytes", ["nan", "inf", "-1", "0"])
+def test_a_bad_upload_limit_is_a_usage_error(tmp_path: Path, megabytes: str) -> None:
+    result, heavy = run_light(tmp_path, "serve", "--max-upload-mb", megabytes, "--index", str(tmp_path / "none"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and heavy == []  # refused at parse time
+    assert result.stderr.strip() == (
+        f"mmsearch: error: Invalid value for '--max-upload-mb': must be a positive number, not {float(megabytes):g} "
+        "(see mmsearch serve --help)"
+    )
