@@ -7,6 +7,7 @@ The world and index come from test_serve's module fixture (built once for this m
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,3 +182,57 @@ def test_a_bad_upload_limit_is_a_usage_error(tmp_path: Path, megabytes: str) -> 
         f"mmsearch: error: Invalid value for '--max-upload-mb': must be a positive number, not {float(megabytes):g} "
         "(see mmsearch serve --help)"
     )
+
+
+# -- smaller: one clear sentence for each mistake ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "2", "-1.5", "high"])
+def test_a_bad_min_score_is_one_sentence(client: httpx.Client, value: str) -> None:
+    expected = f"min_score: min_score must be a cosine between -1 and 1, or auto, not '{value}'"
+    assert one_line_error(client.get("/api/search", params={"q": "red", "min_score": value}), 422) == expected
+    posted = one_line_error(client.post("/api/search", json={"q": "red", "min_score": value}), 422)
+    assert posted == expected
+    assert client.get("/api/search", params={"q": "red", "min_score": "0.1"}).status_code == 200
+    assert client.post("/api/search", json={"q": "red", "min_score": "auto"}).status_code == 200
+
+
+def test_a_weight_that_is_not_finite_is_named(client: httpx.Client, built: dict) -> None:
+    image = (built["world"] / "mutable" / "keep.png").read_bytes()
+    for weight in ("nan", "inf"):
+        answer = client.post("/api/search", files={"file": ("a.png", image)}, data={"weight": weight})
+        assert one_line_error(answer, 400) == f"each weight must be a finite number, not {weight}"
+
+
+def test_batch_takes_json_as_search_does(client: httpx.Client) -> None:
+    body = json.dumps({"queries": [{"q": "red"}]}).encode()
+    for headers in ({}, {"Content-Type": "application/json"}):
+        assert client.post("/api/search", content=json.dumps({"q": "red"}).encode(), headers=headers).status_code == 200
+        assert client.post("/api/search/batch", content=body, headers=headers).status_code == 200
+    plain = {"Content-Type": "text/plain"}
+    one_line_error(client.post("/api/search", content=body, headers=plain), 415)
+    one_line_error(client.post("/api/search/batch", content=body, headers=plain), 415)
+    schema = client.get("/openapi.json").json()
+    batch = schema["paths"]["/api/search/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["$ref"].rsplit("/", 1)[1] in schema["components"]["schemas"]
+    reranker = schema["components"]["schemas"]["SearchBody"]["properties"]["reranker"]["description"]
+    assert "serve --reranker" in reranker  # the allow-list is documented where clients look
+
+
+def test_a_filter_error_in_a_batch_names_its_query(client: httpx.Client) -> None:
+    queries = [{"q": "red"}, {"q": "blue", "where": "no_such_column = 1"}]
+    message = one_line_error(client.post("/api/search/batch", json={"queries": queries}), 400)
+    assert message.startswith("query 2: ") and "no_such_column" in message
+
+
+def test_health_fails_once_the_index_is_moved_away(built: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "index"
+    shutil.copytree(built["index"], folder)
+    running = start(Index.open(folder))
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            assert http.get("/api/healthz").json()["status"] == "ok"
+            folder.rename(tmp_path / "moved")
+            assert "the index is not readable" in one_line_error(http.get("/api/healthz"), 503)
+    finally:
+        running.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from mmsearch.errors import UserInputError
+from mmsearch.errors import MMSearchError, UserInputError
 from mmsearch.serve import media
 from mmsearch.serve.errors import error_response
 from mmsearch.serve.schemas import (
@@ -36,6 +37,11 @@ Body = TypeVar("Body", bound=BaseModel)
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="An item id from a search result")]
 
 
+def _content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters ("" when not given: JSON)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def _root(request: Request) -> str:
     return request.scope.get("root_path", "") or ""
 
@@ -46,8 +52,12 @@ def build_router(service: SearchService) -> APIRouter:
     settings = service.settings
 
     @router.get("/healthz", summary="Liveness: answers without a token")
-    async def healthz() -> dict:
-        return {"status": "ok", "generation": service.index.manifest.generation}
+    async def healthz() -> JSONResponse:
+        try:  # a stat of the manifest: a moved or deleted index is not healthy
+            generation = await service.run(service.items.generation)
+        except (MMSearchError, OSError) as exc:
+            return error_response(503, f"the index is not readable: {exc}")
+        return JSONResponse({"status": "ok", "generation": generation})
 
     @router.get("/info", summary="The index: model, counts per modality, shards, size; and this server's limits")
     async def info() -> JSONResponse:
@@ -102,7 +112,7 @@ def build_router(service: SearchService) -> APIRouter:
         },
     )
     async def search_post(request: Request) -> JSONResponse:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = _content_type(request)
         if kind == "multipart/form-data":
             body, uploads = await _form(request)
         elif kind in ("application/json", ""):
@@ -112,8 +122,21 @@ def build_router(service: SearchService) -> APIRouter:
         query = await service.run(lambda: service.check(body, uploads))
         return JSONResponse(await service.search(query, _root(request)))
 
-    @router.post("/search/batch", response_model=BatchAnswer, summary="Many queries in one vectorised pass")
-    async def search_batch(request: Request, batch: BatchBody) -> JSONResponse:
+    @router.post(
+        "/search/batch",
+        response_model=BatchAnswer,
+        summary="Many queries in one vectorised pass",
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchBody"}}},
+                "required": True,
+            }
+        },
+    )
+    async def search_batch(request: Request) -> JSONResponse:
+        if _content_type(request) not in ("application/json", ""):
+            return error_response(415, "send application/json")
+        batch = _validated(BatchBody, await request.body())
         if len(batch.queries) > settings.max_batch:
             raise UserInputError(f"a batch holds at most {settings.max_batch} queries, not {len(batch.queries)}")
 
@@ -195,6 +218,8 @@ def build_router(service: SearchService) -> APIRouter:
                 weight_values = [float(w) for w in weights] or [1.0] * len(files)
             except ValueError:
                 raise UserInputError("each weight must be a number") from None
+            if not all(math.isfinite(w) for w in weight_values):
+                raise UserInputError(f"each weight must be a finite number, not {', '.join(weights)}")
             uploads = []
             for upload, weight in zip(files, weight_values):
                 decoded = await service.wait(service.files.submit(_decode, upload), "decoding the upload")

@@ -6,9 +6,11 @@ longest filter) are checked by the service, with one-line messages.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
 Modality = Literal["image", "text", "audio", "video", "any"]
 ItemNumber = Annotated[int, Field(ge=0, le=2**63 - 1)]  # item ids are non-negative int64
@@ -16,7 +18,22 @@ RERANKER_HELP = (
     "Re-ranker spec (implies rerank); default: the index model's. Only the index's default and the specs the "
     "server was started with (serve --reranker) are accepted: /api/info lists them"
 )
-MinScore = Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
+
+
+def _min_score(value: object) -> object:
+    """``auto`` or a cosine in -1..1 (NaN is neither): one sentence for any other value."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not -1.0 <= number <= 1.0:
+        raise ValueError(f"min_score must be a cosine between -1 and 1, or auto, not {value!r}")
+    return number
+
+
+MinScore = Annotated[Union[float, Literal["auto"]], BeforeValidator(_min_score)]
 
 
 class SearchBody(BaseModel):
@@ -109,3 +126,12 @@ UPLOAD_FORM = {
         "vector": {"type": "string", "description": "A JSON list of numbers"},
     },
 }
+
+
+def request_schemas() -> dict[str, dict]:
+    """The JSON schemas of the request bodies the routes read themselves (not through FastAPI's
+    parameters, so JSON without a Content-Type is accepted): ``/docs`` refers to these."""
+    _keys, found = models_json_schema(
+        [(SearchBody, "validation"), (BatchBody, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    return found["$defs"]

@@ -217,7 +217,10 @@ class SearchService:
             groups.setdefault((query.returned, b.where, b.min_score, self._fetch(query), second), []).append(position)
         answers: list[dict] = [{} for _ in queries]
         for positions in groups.values():
-            found = await self._search_group([queries[p] for p in positions], vectors[positions], root)
+            try:
+                found = await self._search_group([queries[p] for p in positions], vectors[positions], root)
+            except UserInputError as exc:  # a filter the index refused: name the query, as the checks do
+                raise type(exc)(f"query {positions[0] + 1}: {exc}") from None
             for position, answer in zip(positions, found):
                 answers[position] = answer
         return {"answers": answers, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
