@@ -150,17 +150,17 @@ def _open(index: Path | None, device: str | None = None) -> Index:
 
 
 def _print_json(data: object) -> None:
-    """Strict JSON on stdout: a NaN or infinite number (e.g. from user SQL) prints as null."""
-    typer.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+    """Strict JSON on stdout: a NaN or infinite number (e.g. from user SQL) prints as null; other
+    SQL types as ``mmsearch.jsonvalues`` says (the server's SQL endpoint answers alike)."""
+    from mmsearch.jsonvalues import jsonable
+
+    typer.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
 
 
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+def _positive_finite(value: float) -> float:
+    """A size or limit given on the command line: NaN, infinity, zero or less is a usage error."""
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"must be a positive number, not {value:g}")
     return value
 
 
@@ -997,7 +997,9 @@ def serve(
     allow_sql: Annotated[
         bool, typer.Option("--allow-sql", help="Add POST /api/sql (sandboxed read-only SELECT over the metadata).")
     ] = False,
-    max_upload_mb: Annotated[float, typer.Option(metavar="MB", help="Largest query file accepted.")] = 25.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(metavar="MB", help="Largest query file accepted.", callback=_positive_finite)
+    ] = 25.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request to stderr.")] = False,
     threads: Annotated[
         int, typer.Option(metavar="N", help="Torch threads per query encoding (queries are batched, not split).")
@@ -1013,6 +1015,15 @@ def serve(
         ),
     ] = None,
     ray_actors: Annotated[int, typer.Option(metavar="N", help="With --ray: search actors to spread shards over.")] = 2,
+    reranker: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--reranker",
+            metavar="SPEC",
+            help="Also offer this re-ranker to clients (repeatable; loaded now). Clients may name only these "
+            "and the index's default.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the index over HTTP: a JSON API under /api (docs at /docs) and a search page at /."""
     from mmsearch.serve import require_serve
@@ -1024,7 +1035,11 @@ def serve(
     if threads < 1:
         raise UserInputError(f"--threads must be at least 1, not {threads}")
     settings = ServeSettings(
-        token=token, allow_sql=allow_sql, max_upload_bytes=int(max_upload_mb * 1_000_000), encoder_threads=threads
+        token=token,
+        allow_sql=allow_sql,
+        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        encoder_threads=threads,
+        rerankers=tuple(reranker or ()),
     )
     require_serve()
     path = _index_path(index)
@@ -1037,6 +1052,8 @@ def serve(
         idx: Index = RayIndex.open(path, device=device, actors=ray_actors, address=ray)
     else:
         idx = _open(path, device)
+    for spec in settings.rerankers:  # a bad spec fails here, in one line, not on a client's request
+        idx.reranker(spec)
     from mmsearch.serve.app import create_app
     from mmsearch.serve.server import run
 

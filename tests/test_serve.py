@@ -282,6 +282,7 @@ def test_info_and_health(api: httpx.Client, server: str) -> None:
         "max_offset": 10_000,
         "max_batch": 64,
         "max_upload_bytes": 25 * 1024 * 1024,
+        "rerankers": ["demo"],
     }
     health = httpx.get(server + "/api/healthz")  # no token needed
     assert health.status_code == 200 and health.json()["status"] == "ok"

@@ -20,6 +20,7 @@ from mmsearch.index import Index
 from mmsearch.serve import errors, uploads
 from mmsearch.serve.guard import Guard
 from mmsearch.serve.routes import build_router
+from mmsearch.serve.schemas import request_schemas
 from mmsearch.serve.service import SearchService
 from mmsearch.serve.settings import ServeSettings
 
@@ -59,8 +60,22 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    _document_request_bodies(app)
     errors.install(app)
     app.include_router(build_router(service))
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     app.add_middleware(Guard, settings=settings)
     return app
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """Add the request body schemas the routes refer to to ``/openapi.json``."""
+    make = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = make()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(request_schemas())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

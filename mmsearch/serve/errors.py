@@ -67,7 +67,7 @@ def validation_message(exc: RequestValidationError) -> str:
         return "invalid request"
     first = errors[0]
     where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")  # our validators' own sentences
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{where}: {message}{more}" if where else f"{message}{more}"
 

@@ -5,8 +5,9 @@ opened once and checked through that open descriptor: it must be a regular file
 whose size and modification time are exactly those the index recorded. A file
 swapped since indexing (for a symlink to ``/etc/shadow``, say) no longer matches
 and is refused; checking the descriptor rather than the path leaves no window
-between check and read. Items added as bare vectors have no recorded file and
-are never served.
+between check and read. Only files the ingest read are served: their rows carry
+the content hash it computed, which rows added as bare vectors (``add_vectors``,
+``mmsearch import``) never do, whatever size and mtime they claim.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def microseconds(moment: datetime) -> int:
 def open_item_file(row: dict) -> OpenedFile:
     """Open the file of item ``row`` if it is still the file that was indexed."""
     item_id, path = row["id"], row["path"]
-    if row.get("size") is None or row.get("mtime") is None:
+    if not row.get("content_hash") or row.get("size") is None or row.get("mtime") is None:
         raise ItemNotFound(f"item {item_id} has no indexed file to serve")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from mmsearch.errors import UserInputError
+from mmsearch.errors import MMSearchError, UserInputError
 from mmsearch.serve import media
 from mmsearch.serve.errors import error_response
 from mmsearch.serve.schemas import (
+    RERANKER_HELP,
     UPLOAD_FORM,
     BatchAnswer,
     BatchBody,
@@ -31,7 +33,13 @@ from mmsearch.serve.service import SearchService
 from mmsearch.serve.uploads import DecodedUpload, UploadTooLarge, decode_upload, upload_options
 
 MAX_FILES = 4
+Body = TypeVar("Body", bound=BaseModel)
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="An item id from a search result")]
+
+
+def _content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters ("" when not given: JSON)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _root(request: Request) -> str:
@@ -44,8 +52,12 @@ def build_router(service: SearchService) -> APIRouter:
     settings = service.settings
 
     @router.get("/healthz", summary="Liveness: answers without a token")
-    async def healthz() -> dict:
-        return {"status": "ok", "generation": service.index.manifest.generation}
+    async def healthz() -> JSONResponse:
+        try:  # a stat of the manifest: a moved or deleted index is not healthy
+            generation = await service.run(service.items.generation)
+        except (MMSearchError, OSError) as exc:
+            return error_response(503, f"the index is not readable: {exc}")
+        return JSONResponse({"status": "ok", "generation": generation})
 
     @router.get("/info", summary="The index: model, counts per modality, shards, size; and this server's limits")
     async def info() -> JSONResponse:
@@ -62,11 +74,12 @@ def build_router(service: SearchService) -> APIRouter:
         where: Annotated[Optional[str], Query(description="SQL boolean expression over items")] = None,
         min_score: Annotated[Optional[MinScore], Query(description="A cosine -1..1, or auto")] = None,
         rerank: bool = False,
-        reranker: Optional[str] = None,
+        reranker: Annotated[Optional[str], Query(description=RERANKER_HELP)] = None,
         rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
         min_prob: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
     ) -> JSONResponse:
-        body = SearchBody.model_validate(
+        body = _validated(
+            SearchBody,
             {
                 "q": q,
                 "like_id": like_id,
@@ -79,7 +92,7 @@ def build_router(service: SearchService) -> APIRouter:
                 "reranker": reranker,
                 "rerank_depth": rerank_depth,
                 "min_prob": min_prob,
-            }
+            },
         )
         query = await service.run(lambda: service.check(body))
         return JSONResponse(await service.search(query, _root(request)))
@@ -99,7 +112,7 @@ def build_router(service: SearchService) -> APIRouter:
         },
     )
     async def search_post(request: Request) -> JSONResponse:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = _content_type(request)
         if kind == "multipart/form-data":
             body, uploads = await _form(request)
         elif kind in ("application/json", ""):
@@ -109,8 +122,21 @@ def build_router(service: SearchService) -> APIRouter:
         query = await service.run(lambda: service.check(body, uploads))
         return JSONResponse(await service.search(query, _root(request)))
 
-    @router.post("/search/batch", response_model=BatchAnswer, summary="Many queries in one vectorised pass")
-    async def search_batch(request: Request, batch: BatchBody) -> JSONResponse:
+    @router.post(
+        "/search/batch",
+        response_model=BatchAnswer,
+        summary="Many queries in one vectorised pass",
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchBody"}}},
+                "required": True,
+            }
+        },
+    )
+    async def search_batch(request: Request) -> JSONResponse:
+        if _content_type(request) not in ("application/json", ""):
+            return error_response(415, "send application/json")
+        batch = _validated(BatchBody, await request.body())
         if len(batch.queries) > settings.max_batch:
             raise UserInputError(f"a batch holds at most {settings.max_batch} queries, not {len(batch.queries)}")
 
@@ -192,6 +218,8 @@ def build_router(service: SearchService) -> APIRouter:
                 weight_values = [float(w) for w in weights] or [1.0] * len(files)
             except ValueError:
                 raise UserInputError("each weight must be a number") from None
+            if not all(math.isfinite(w) for w in weight_values):
+                raise UserInputError(f"each weight must be a finite number, not {', '.join(weights)}")
             uploads = []
             for upload, weight in zip(files, weight_values):
                 decoded = await service.wait(service.files.submit(_decode, upload), "decoding the upload")
@@ -220,7 +248,7 @@ def build_router(service: SearchService) -> APIRouter:
     return router
 
 
-def _validated(model: type[SearchBody], data: bytes | dict) -> SearchBody:
+def _validated(model: type[Body], data: bytes | dict) -> Body:
     """Validate a JSON body or form fields, reporting problems as request validation errors."""
     try:
         if isinstance(data, bytes):

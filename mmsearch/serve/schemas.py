@@ -6,12 +6,34 @@ longest filter) are checked by the service, with one-line messages.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
 Modality = Literal["image", "text", "audio", "video", "any"]
-MinScore = Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
+ItemNumber = Annotated[int, Field(ge=0, le=2**63 - 1)]  # item ids are non-negative int64
+RERANKER_HELP = (
+    "Re-ranker spec (implies rerank); default: the index model's. Only the index's default and the specs the "
+    "server was started with (serve --reranker) are accepted: /api/info lists them"
+)
+
+
+def _min_score(value: object) -> object:
+    """``auto`` or a cosine in -1..1 (NaN is neither): one sentence for any other value."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not -1.0 <= number <= 1.0:
+        raise ValueError(f"min_score must be a cosine between -1 and 1, or auto, not {value!r}")
+    return number
+
+
+MinScore = Annotated[Union[float, Literal["auto"]], BeforeValidator(_min_score)]
 
 
 class SearchBody(BaseModel):
@@ -21,7 +43,7 @@ class SearchBody(BaseModel):
 
     q: Optional[str] = Field(None, description='Text or arithmetic: "dog" + "beach" - "2:night"')
     vector: Optional[list[float]] = Field(None, description="A query vector of the index's dimension")
-    like_id: Optional[int] = Field(None, description="More like this item (the item itself is left out)")
+    like_id: Optional[ItemNumber] = Field(None, description="More like this item (the item itself is left out)")
     k: int = Field(10, description="Results per page")
     offset: int = Field(0, description="Results to skip (paging)")
     modality: Optional[Modality] = Field(None, description="What to return; default: by the query")
@@ -30,7 +52,7 @@ class SearchBody(BaseModel):
         None, description="Drop weaker hits: a cosine, or 'auto' (hits that stand out from the index's scores)"
     )
     rerank: bool = Field(False, description="Re-score the top rerank_depth candidates with the re-ranker (text q only)")
-    reranker: Optional[str] = Field(None, description="Re-ranker spec (implies rerank); default: the index model's")
+    reranker: Optional[str] = Field(None, description=RERANKER_HELP)
     rerank_depth: int = Field(50, ge=1, le=1000, description="Candidates the re-ranker judges")
     min_prob: Optional[float] = Field(
         None, ge=0.0, le=1.0, description="Keep hits with match_prob >= this (implies rerank)"
@@ -104,3 +126,12 @@ UPLOAD_FORM = {
         "vector": {"type": "string", "description": "A JSON list of numbers"},
     },
 }
+
+
+def request_schemas() -> dict[str, dict]:
+    """The JSON schemas of the request bodies the routes read themselves (not through FastAPI's
+    parameters, so JSON without a Content-Type is accepted): ``/docs`` refers to these."""
+    _keys, found = models_json_schema(
+        [(SearchBody, "validation"), (BatchBody, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    return found["$defs"]

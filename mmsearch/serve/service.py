@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from typing import TypeVar
 
 import numpy as np
 
 from mmsearch.errors import MMSearchError, UserInputError
 from mmsearch.index import Index, SearchResult
+from mmsearch.jsonvalues import jsonable
+from mmsearch.rerank import registry
 from mmsearch.search import query as query_parser
 from mmsearch.search.query import Term
 from mmsearch.serve import auth
@@ -67,12 +68,15 @@ def reranks(body: SearchBody) -> bool:
     return body.rerank or body.reranker is not None or body.min_prob is not None
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return value
+def offered_rerankers(model: str | None, extra: Sequence[str]) -> tuple[str, ...]:
+    """The re-ranker specs a client may name: the index model's default (if it has one) and the
+    operator's. Any other spec would load a model per request (unbounded memory) or read a
+    client-chosen path on the server's disk."""
+    try:
+        default = [registry.default_reranker(model)] if model is not None else []
+    except UserInputError:
+        default = []
+    return tuple(dict.fromkeys([*default, *extra]))
 
 
 class SearchService:
@@ -88,6 +92,7 @@ class SearchService:
         self._plain = ThreadPoolExecutor(8, thread_name_prefix="mmsearch-search")
         self._filtered = ThreadPoolExecutor(2, thread_name_prefix="mmsearch-filter")
         self.files = ThreadPoolExecutor(4, thread_name_prefix="mmsearch-files")
+        self.rerankers = offered_rerankers(index.manifest.model, settings.rerankers)
 
     def close(self) -> None:
         """Stop the worker threads (queued work is finished first)."""
@@ -120,6 +125,12 @@ class SearchService:
                 raise UserInputError(f"vector must have {dim} numbers, not {len(body.vector)}")
             if not np.isfinite(vector).all() or not np.any(vector):
                 raise UserInputError("vector must be finite and non-zero")
+        if body.reranker is not None and body.reranker not in self.rerankers:
+            offered = ", ".join(self.rerankers) or "none"
+            raise UserInputError(
+                f"re-ranker {body.reranker!r} is not offered by this server (offered: {offered}; "
+                "the operator adds more with serve --reranker)"
+            )
         terms = text_terms(body.q)
         if reranks(body) and (uploads or body.vector is not None or body.like_id is not None or not terms):
             raise UserInputError("re-ranking needs a text query q (no files, vector or like_id)")
@@ -206,7 +217,10 @@ class SearchService:
             groups.setdefault((query.returned, b.where, b.min_score, self._fetch(query), second), []).append(position)
         answers: list[dict] = [{} for _ in queries]
         for positions in groups.values():
-            found = await self._search_group([queries[p] for p in positions], vectors[positions], root)
+            try:
+                found = await self._search_group([queries[p] for p in positions], vectors[positions], root)
+            except UserInputError as exc:  # a filter the index refused: name the query, as the checks do
+                raise type(exc)(f"query {positions[0] + 1}: {exc}") from None
             for position, answer in zip(positions, found):
                 answers[position] = answer
         return {"answers": answers, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -298,6 +312,7 @@ class SearchService:
                 "max_offset": s.max_offset,
                 "max_batch": s.max_batch,
                 "max_upload_bytes": s.max_upload_bytes,
+                "rerankers": list(self.rerankers),
             }
         }
 
@@ -310,6 +325,6 @@ class SearchService:
         rows = table.slice(0, limit).to_pylist()
         return {
             "columns": table.column_names,
-            "rows": [[_jsonable(value) for value in row.values()] for row in rows],
+            "rows": [jsonable(list(row.values())) for row in rows],
             "truncated": table.num_rows > limit,
         }

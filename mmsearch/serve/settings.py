@@ -58,6 +58,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values accepted without a token
     warm: bool = True  # load the encoder before the first request
     encoder_threads: int = 1  # torch threads per query forward pass (see EncoderQueue)
+    rerankers: tuple[str, ...] = ()  # re-ranker specs offered beside the index's default (serve --reranker)
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:

@@ -5,10 +5,11 @@ A thumbnail is keyed by the item's content hash and size (and, for a video, the 
 so renamed or copied files share one, and an edited file gets a new one. The source is
 read through ``open_item_file`` (the indexed file, checked), and written atomically (temp
 file + rename) to the cache folder, where concurrent requests for the same picture find
-it afterwards. An image is decoded with the same reduced-size decode as indexing; a video
-row (a frame or a soundtrack window) shows the frame on screen at its ``offset_s``, found
-by seeking to the keyframe before it and decoding forward, and is a JPEG: a frame is a
-photograph with no transparency to keep.
+it afterwards. The file is checked before the cache is read, so a thumbnail is served only
+while its file would be (the cache is keyed by content, not by file). An image is decoded
+with the same reduced-size decode as indexing; a video row (a frame or a soundtrack window)
+shows the frame on screen at its ``offset_s``, found by seeking to the keyframe before it
+and decoding forward, and is a JPEG: a frame is a photograph with no transparency to keep.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mmsearch.errors import UserInputError, one_line
 from mmsearch.ingest.decode import DecodeOptions, open_image
 from mmsearch.search.segments import is_timed_video
 from mmsearch.serve.items import ItemNotFound
-from mmsearch.serve.media import open_item_file
+from mmsearch.serve.media import OpenedFile, open_item_file
 
 FORMAT, MEDIA_TYPE, SUFFIX = (
     ("WEBP", "image/webp", ".webp") if features.check("webp") else ("JPEG", "image/jpeg", ".jpg")
@@ -77,17 +78,21 @@ class Thumbnails:
             raise ItemNotFound(f"item {row['id']} has no indexed file to make a thumbnail of")
         cached = self.path_of(row)
         media_type = FRAME_MEDIA_TYPE if is_timed_video(row) else MEDIA_TYPE
+        opened = open_item_file(row)  # before the cache: a file deleted or changed since indexing has none
         try:
-            return Thumbnail(cached.read_bytes(), media_type, self.tag(row))
-        except OSError:
-            pass
-        with self._slots:
-            data = self._frame(row) if is_timed_video(row) else self._image(row)
+            try:
+                return Thumbnail(cached.read_bytes(), media_type, self.tag(row))
+            except OSError:
+                pass
+            with self._slots:
+                data = self._frame(row, opened) if is_timed_video(row) else self._image(row, opened)
+        finally:
+            opened.close()
         self._store(cached, data)
         return Thumbnail(data, media_type, self.tag(row))
 
-    def _image(self, row: dict) -> bytes:
-        source = open_item_file(row).read()
+    def _image(self, row: dict, opened: OpenedFile) -> bytes:
+        source = opened.read()
         try:
             image, _meta = open_image(source, DecodeOptions(image_size=self.size, max_pixels=MAX_SOURCE_PIXELS))
             with image:
@@ -102,11 +107,10 @@ class Thumbnails:
             raise _unmade(row, exc) from None
         return out.getvalue()
 
-    def _frame(self, row: dict) -> bytes:
+    def _frame(self, row: dict, opened: OpenedFile) -> bytes:
         """The frame at the row's offset, read from the checked open file (never by path again)."""
         from mmsearch.ingest.video import frame_at
 
-        opened = open_item_file(row)
         try:
             with os.fdopen(opened.fd, "rb", closefd=False) as handle:
                 frame = frame_at(handle, float(row["offset_s"]), self.size)
@@ -114,8 +118,6 @@ class Thumbnails:
             frame.convert("RGB").save(out, format=FRAME_FORMAT, quality=80)
         except Exception as exc:
             raise _unmade(row, exc) from None
-        finally:
-            opened.close()
         return out.getvalue()
 
     def _store(self, path: Path, data: bytes) -> None:

@@ -71,9 +71,15 @@ def items_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
 
 
+# Written only by the ingest, which hashed the file it read: a caller's value is dropped, so a row
+# that claims a file it never read (``/etc/passwd`` with its size and mtime) is never served.
+INGEST_ONLY = frozenset({"content_hash"})
+
+
 def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) -> pa.Table:
     """Items rows for vectors brought by the caller: a ``path`` per row is required,
-    known columns are cast to the schema, unknown ones are kept as JSON in ``extra``."""
+    known columns are cast to the schema (``INGEST_ONLY`` ones are left null), unknown
+    ones are kept as JSON in ``extra``."""
     from mmsearch.errors import UserInputError
 
     table = metadata if isinstance(metadata, pa.Table) else pa.Table.from_pylist(list(metadata))
@@ -91,7 +97,7 @@ def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) 
         elif f.name == "extra" and unknown:
             rows = table.select(unknown).to_pylist()
             columns[f.name] = pa.array([json.dumps(row, default=str) for row in rows], f.type)
-        elif f.name in table.column_names:
+        elif f.name in table.column_names and f.name not in INGEST_ONLY:
             try:
                 columns[f.name] = table.column(f.name).cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
