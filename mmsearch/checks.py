@@ -3,9 +3,9 @@ line that says what is wrong, never a numpy, pyarrow or DuckDB traceback, nor a 
 wrong answer (a zero query scoring everything 0, a NaN query finding nothing).
 
 Vectors are judged as float32 directions, the way they are stored and searched: a row
-must be finite, within float32's range and not all zero. Its direction is taken in
-float64, so a tiny row (1e-30, whose squared norm underflows in float32) is still a
-direction. The query check runs on every ``search(vector=...)``: one dot product, no
+must be finite, within float32's range and not all zero. Its direction is taken after
+scaling it by its largest magnitude, so a tiny row (1e-30, whose squared norm underflows
+in float32) is still a direction. The query check runs on every ``search(vector=...)``: one dot product, no
 other pass over the vector.
 """
 
@@ -89,24 +89,30 @@ def real_matrix(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray:
 
 
 def unit_rows(vectors: np.ndarray, name: str = "vectors", one: bool = False) -> np.ndarray:
-    """Float32 unit rows of a real ``(n, dim)`` array, normalised in float64 (a tiny row keeps
-    its direction); a row that is zero, not finite or beyond float32's range is refused
-    (``one``: the rows are one query, said without row numbers)."""
-    wide = np.asarray(vectors, dtype=np.float64)
-    if len(wide) == 0:
-        return np.empty(wide.shape, np.float32)
-    peak = np.abs(wide).max(axis=1)  # NaN for a row with NaN
+    """Float32 unit rows of a real ``(n, dim)`` array; a row that is zero, not finite or beyond
+    float32's range is refused (``one``: the rows are one query, said without row numbers).
+
+    Each row is first divided by its largest magnitude, so its squared norm lies in [1, dim]
+    whatever its scale: a tiny row (1e-30, whose squared norm underflows in float32) keeps its
+    direction, and no float64 copy of a large batch is made."""
+    if len(vectors) == 0:
+        return np.empty(vectors.shape, np.float32)
+    peak = np.abs(vectors).max(axis=1).astype(np.float64)  # NaN for a row with NaN
     bad = ~((peak > 0) & (peak <= FLOAT32_MAX))
     if bad.any():
         first = int(np.argmax(bad))
+        fault = _fault(np.asarray(vectors[first], dtype=np.float64))
         if one:
-            raise UserInputError(f"{name} {_fault(wide[0])}; it must be finite, non-zero and within float32's range")
+            raise UserInputError(f"{name} {fault}; it must be finite, non-zero and within float32's range")
         raise UserInputError(
-            f"{name} must be finite, non-zero and within float32's range: {int(bad.sum())} of {len(wide)} rows "
-            f"are not (row {first} {_fault(wide[first])})"
+            f"{name} must be finite, non-zero and within float32's range: {int(bad.sum())} of {len(vectors)} rows "
+            f"are not (row {first} {fault})"
         )
-    scaled = wide / peak[:, None]  # max |x| is 1: the squared norm neither underflows nor overflows
-    return (scaled / np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]).astype(np.float32)
+    scaled = (vectors / peak[:, None].astype(vectors.dtype if vectors.dtype.kind == "f" else np.float64)).astype(
+        np.float32, copy=False
+    )
+    scaled /= np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]
+    return scaled
 
 
 def query_vectors(vectors: Any, dim: int, *, batch: bool) -> np.ndarray:
