@@ -6,6 +6,9 @@ torch, except the last test, which embeds a query sound with the demo model."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 import soundfile
 
 from mmsearch import Index
-from mmsearch.errors import IndexFormatError, ModelMismatchError, UserInputError
+from mmsearch.errors import IndexFormatError, ModelMismatchError, UserInputError, WriterBusyError
 from mmsearch.ingest.decode import DecodeOptions, decode
 from mmsearch.models.base import l2_normalise
 
@@ -246,3 +249,20 @@ def test_a_sound_with_no_samples_is_a_failed_file_and_no_query(tmp_path: Path) -
     assert index.sql("SELECT count(*) AS n FROM items").to_pylist() == [{"n": 1}]
     with pytest.raises(UserInputError, match=r"empty\.wav: no audio samples"):
         index.search(audio=sounds / "empty.wav")
+
+
+def test_a_writer_in_another_process_is_still_refused_at_once(tmp_path: Path) -> None:
+    index = Index.create(tmp_path / "v", dim=DIM)
+    hold = (
+        "import sys\nfrom mmsearch.store.lock import WriterLock\n"
+        "with WriterLock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    with subprocess.Popen(
+        [sys.executable, "-c", hold, str(index.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as holder:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(WriterBusyError, match=f"pid {holder.pid}"):
+            index.add_vectors(np.ones((1, DIM)), [{"path": "a"}])
+        holder.communicate("")
+    assert len(index.add_vectors(np.ones((1, DIM)), [{"path": "a"}])) == 1  # released with the process
