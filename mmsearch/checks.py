@@ -11,6 +11,7 @@ other pass over the vector.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def optional_text(value: Any, name: str) -> str | None:
 
 def index_folder(path: str | Path) -> Path:
     """``path`` as a ``Path``, refused when it names something that is not a folder."""
-    if not isinstance(path, (str, Path)):
+    if not isinstance(path, (str, os.PathLike)):
         raise UserInputError(f"an index path must be a string or a Path, not {_shown(path)}")
     path = Path(path)
     if path.exists() and not path.is_dir():

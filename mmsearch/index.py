@@ -232,7 +232,7 @@ class Index:
         if manifest_io.exists(checks.index_folder(path)):
             index = cls.open(path, model, device=options.get("device"), encoder=options.get("encoder"))
             dim = options.get("dim")
-            if dim is not None and dim != index._manifest.dim:
+            if dim is not None and checks.count(dim, "dim") != index._manifest.dim:
                 raise ModelMismatchError(
                     f"index {path} holds vectors of {index._manifest.dim} dimensions, not {dim}; "
                     "use another path or the index's dimension"

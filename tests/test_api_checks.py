@@ -158,6 +158,8 @@ def test_create_checks_every_argument_before_writing(tmp_path: Path, options: di
 def test_open_or_create_refuses_another_dimension(idx: Index) -> None:
     with pytest.raises(ModelMismatchError, match="holds vectors of 8 dimensions, not 16"):
         Index.open_or_create(idx.path, dim=16)
+    with pytest.raises(UserInputError, match=r"dim must be an integer, not float 8\.5"):
+        Index.open_or_create(idx.path, dim=8.5)
     assert Index.open_or_create(idx.path, dim=DIM).manifest.dim == DIM
 
 
