@@ -5,8 +5,8 @@ wrong answer (a zero query scoring everything 0, a NaN query finding nothing).
 Vectors are judged as float32 directions, the way they are stored and searched: a row
 must be finite, within float32's range and not all zero. Its direction is taken after
 scaling it by its largest magnitude, so a tiny row (1e-30, whose squared norm underflows
-in float32) is still a direction. The query check runs on every ``search(vector=...)``: one dot product, no
-other pass over the vector.
+in float32) is still a direction. The query check runs on every ``search(vector=...)``:
+one dot product, no other pass over the vector.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mmsearch.errors import UserInputError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Squared norms FAISS's float32 normalisation handles exactly; outside, a query is made a unit
-# vector here in float64 first (tiny or huge rows) or refused (zero, NaN, Inf, beyond float32).
+# vector here first (tiny or huge rows, see unit_rows) or refused (zero, NaN, Inf, beyond float32).
 _SAFE_SQUARES = (1e-30, 1e30)
 _INT64 = np.iinfo(np.int64)
 
