@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
+from mmsearch import checks
 from mmsearch.config import CHECKPOINT_S
 from mmsearch.errors import (
     IndexFormatError,
@@ -32,7 +33,7 @@ from mmsearch.ingest.add import AddOptions, AddSummary, add_files
 from mmsearch.ingest.discover import MODALITIES, absolute, stored_name
 from mmsearch.ingest.pipeline import inputs_of
 from mmsearch.models import registry
-from mmsearch.models.base import Encoder, l2_normalise, usable_rows
+from mmsearch.models.base import Encoder
 from mmsearch.rerank.base import Reranker
 from mmsearch.rerank.prepare import Prepared
 from mmsearch.rerank.store import ROOT as RERANK_ROOT
@@ -156,19 +157,21 @@ class Index:
         :meth:`add_vectors` and queried with vectors, whatever model made them.
         ``max_memory`` (bytes, ``auto`` recipe only): each shard is sealed with the most
         accurate code whose bytes per vector fit the budget spread over the index's rows.
+        Every argument is checked before anything is written.
         """
-        path = Path(path)
+        path = checks.index_folder(path)
         if manifest_io.exists(path):
             raise UserInputError(f"an index already exists at {path}")
         manifest_io.check_not_orphaned(path)
-        if shard_size < 1:
-            raise UserInputError("shard size must be at least 1")
+        shard_size = checks.count(shard_size, "shard size")
+        model, device = checks.optional_text(model, "model"), checks.optional_text(device, "device")
+        recipe = checks.text(recipe, "recipe")
+        max_memory = None if max_memory is None else checks.count(max_memory, "the memory budget")
         if dim is not None and (model is not None or encoder is not None):
             raise UserInputError("give a model or a dim, not both (with a model, the dimension is the model's)")
         load_s = 0.0
         if dim is not None:
-            if dim < 1:
-                raise UserInputError("dim must be at least 1")
+            dim = checks.count(dim, "dim")
             spec, space_id, audio_space_id, inputs = None, f"vectors:{dim}", None, None
         else:
             started = time.perf_counter()
@@ -209,7 +212,7 @@ class Index:
         encoder: Encoder | None = None,
     ) -> Index:
         """Open an existing index; ``model``, if given, must be the one it was built with."""
-        index = cls(Path(path), encoder, device)
+        index = cls(checks.index_folder(path), encoder, device)
         if model is not None and index._manifest.model is None:
             raise ModelMismatchError(
                 f"index {path} holds vectors only (no model), so it cannot embed files with {model!r}; "
@@ -224,9 +227,17 @@ class Index:
 
     @classmethod
     def open_or_create(cls, path: str | Path, model: str | None = None, **options) -> Index:
-        """Open the index at ``path``, creating it (with ``options``) if absent."""
-        if manifest_io.exists(Path(path)):
-            return cls.open(path, model, device=options.get("device"), encoder=options.get("encoder"))
+        """Open the index at ``path``, creating it (with ``options``) if absent; a ``dim`` (like a
+        ``model``) must then be the existing index's."""
+        if manifest_io.exists(checks.index_folder(path)):
+            index = cls.open(path, model, device=options.get("device"), encoder=options.get("encoder"))
+            dim = options.get("dim")
+            if dim is not None and checks.count(dim, "dim") != index._manifest.dim:
+                raise ModelMismatchError(
+                    f"index {path} holds vectors of {index._manifest.dim} dimensions, not {dim}; "
+                    "use another path or the index's dimension"
+                )
+            return index
         return cls.create(path, model, **options)
 
     @property
@@ -342,31 +353,31 @@ class Index:
     ) -> np.ndarray:
         """Add embeddings computed elsewhere; returns their new int64 ids.
 
-        ``vectors``: float32 ``(n, dim)``, L2-normalised here. ``metadata``: one row per
-        vector (dicts or a pyarrow Table) with at least a ``path`` (any string: a file,
-        a URL, an external id); columns of the items schema keep their meaning, others
-        are kept as JSON in ``extra``.
+        ``vectors``: real ``(n, dim)`` (a single vector may be 1-D), L2-normalised here in
+        float64; a row that is zero, not finite or beyond float32's range is refused.
+        ``metadata``: one row per vector (a list of dicts, or a pyarrow Table) with at
+        least a ``path`` string (a file, a URL, an external id); columns of the items
+        schema keep their meaning, others are kept as JSON in ``extra`` (see
+        :func:`mmsearch.store.schema.vector_rows` for a row's own ``extra``). Adding no
+        rows returns an empty array and commits nothing.
         """
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        dim = self._manifest.dim
-        if vectors.ndim != 2 or vectors.shape[1] != dim:
-            raise UserInputError(f"vectors must have shape (n, {dim}), not {vectors.shape}")
-        bad = len(vectors) - int(np.count_nonzero(usable_rows(vectors)))
-        if bad:
-            raise UserInputError(f"vectors must be finite and non-zero: {bad} of {len(vectors)} rows are not")
         if modality not in MODALITIES:
             raise UserInputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-        table = vector_rows(metadata, len(vectors), modality)
+        array = checks.real_matrix(vectors, self._manifest.dim)
+        table = vector_rows(metadata, len(array), modality)
+        if not len(array):
+            return np.empty(0, np.int64)
+        units = checks.unit_rows(array)
         with ShardWriter(self.path) as writer:
-            ids = writer.next_ids(len(vectors))
-            writer.append(l2_normalise(vectors), table.set_column(0, "id", pa.array(ids)))
+            ids = writer.next_ids(len(units))
+            writer.append(units, table.set_column(0, "id", pa.array(ids)))
             writer.commit()
         self.refresh()
         return ids
 
     def remove_ids(self, ids: Sequence[int]) -> int:
         """Delete items by id; returns how many were live (unknown or removed ids are ignored)."""
-        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        wanted = np.unique(checks.ids(ids))
         with ShardWriter(self.path) as writer:
             catalog = Snapshot(self.path, writer.manifest, None).catalog
             live = catalog.items.column("id").to_numpy()[catalog.positions(wanted)]
@@ -483,8 +494,9 @@ class Index:
         its calibrated ``match_prob``; ``min_prob`` (which implies ``rerank``) keeps only hits
         at least that probable. See :mod:`mmsearch.rerank.stage`.
         """
-        if k < 1:
-            raise UserInputError("k must be at least 1")
+        k = checks.count(k, "k")
+        if vector is not None:
+            vector = checks.query_vectors(vector, self._manifest.dim, batch=False)
         terms = embed.query_terms(text, image, audio, query)
         if vector is None and not terms:
             raise UserInputError("give a query: a text, an image or audio file, an expression or a vector")
@@ -543,10 +555,10 @@ class Index:
     ) -> list[list[SearchResult]]:
         """Many vector queries in one vectorised pass: one result list per row of ``vectors``
         (video hits grouped into segments as in :meth:`search`)."""
-        if k < 1:
-            raise UserInputError("k must be at least 1")
+        k = checks.count(k, "k")
+        queries = checks.query_vectors(vectors, self._manifest.dim, batch=True)
         returned = self.result_modality((), modality)
-        return self._search(np.atleast_2d(vectors), returned, k, where, min_score, group)
+        return self._search(queries, returned, k, where, min_score, group)
 
     def _search(
         self,
@@ -662,11 +674,13 @@ class Index:
 
     def items(self, ids: Sequence[int]) -> dict[int, dict]:
         """Metadata rows of the live items among ``ids``, keyed by id (a lookup, no scan)."""
-        return self._read(lambda snap: self._rows(snap, ids))
+        wanted = checks.ids(ids).tolist()
+        return self._read(lambda snap: self._rows(snap, wanted))
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored unit vectors of live ``ids``, in the given order (e.g. for "more like this")."""
-        return self._read(lambda snap: self._vectors(snap, np.asarray(ids, dtype=np.int64)))
+        wanted = checks.ids(ids)
+        return self._read(lambda snap: self._vectors(snap, wanted))
 
     def result_modality(self, terms: Sequence[Term], modality: str | None = None) -> str:
         """The modality a search returns: ``modality`` if given, else the query's preferred one."""
@@ -699,6 +713,7 @@ class Index:
         The statement runs sandboxed: it sees only this index's metadata, never files,
         URLs or extensions.
         """
+        statement = checks.text(statement, "the SQL statement")
         return self._read(lambda snap: snap.catalog.query(statement))
 
     def info(self) -> dict:

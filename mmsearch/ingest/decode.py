@@ -565,6 +565,8 @@ def decode_audio(data: bytes, path: str, options: DecodeOptions, part: Part) -> 
     except soundfile.LibsndfileError as exc:
         head = data or _head(path)
         raise DecodeError(f"{_not_readable('audio', head)}: {exc.error_string}") from None
+    if not len(samples) and not taken.start:  # a file with no samples (a lone header) has no sound to embed
+        raise DecodeError("no audio samples")
     wave = resample(samples.mean(axis=1), rate, options.sample_rate)
     meta = {"format": AUDIO_FORMAT_NAMES.get(fmt, fmt.lower()), "parts": part.used(units)}
     # the header's length is an estimate (MP3) or a lie (a truncated file): windows of what was read

@@ -49,10 +49,11 @@ class AudioPart:
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows of unit length (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # np.linalg.norm: ~3x the call overhead
-    return vectors / np.maximum(norms, 1e-12)
+    """Return float32 rows of unit length (zero rows stay zero), normalised in float64: a tiny
+    row's squared norm (1e-30: 1e-60) underflows to zero in float32, a large one's overflows."""
+    wide = np.asarray(vectors, dtype=np.float32).astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]  # np.linalg.norm: ~3x the call overhead
+    return (wide / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def finite_rows(vectors: np.ndarray) -> np.ndarray:

@@ -233,7 +233,10 @@ def load(index_dir: Path, salvaged: list[str] | None = None) -> Manifest:
     if not isinstance(data, dict):
         raise IndexFormatError(f"{path} is damaged: not a JSON object")
     version = data.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        shown = "missing" if version is None else f"{_kind(version)}, expected a positive integer"
+        raise IndexFormatError(f"{path} is damaged: field format_version is {shown}")
+    if version > FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has format version {version}; this mmsearch reads up to {FORMAT_VERSION}, upgrade mmsearch"
         )

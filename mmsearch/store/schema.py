@@ -7,9 +7,11 @@ apply) so adding a modality never needs a migration.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import pyarrow as pa
+
+from mmsearch.errors import UserInputError, one_line
 
 ITEM_SCHEMA = pa.schema(
     [
@@ -77,15 +79,17 @@ INGEST_ONLY = frozenset({"content_hash"})
 
 
 def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) -> pa.Table:
-    """Items rows for vectors brought by the caller: a ``path`` per row is required,
-    known columns are cast to the schema (``INGEST_ONLY`` ones are left null), unknown
-    ones are kept as JSON in ``extra``."""
-    from mmsearch.errors import UserInputError
+    """Items rows for vectors brought by the caller: a ``path`` string per row is required,
+    known columns are cast to the schema (``INGEST_ONLY`` ones are left null), unknown ones
+    are kept as JSON in ``extra``.
 
-    table = metadata if isinstance(metadata, pa.Table) else pa.Table.from_pylist(list(metadata))
+    A row's own ``extra`` is kept, never dropped: alone, as given (a dict as JSON); beside
+    unknown columns, merged with them into one JSON object (a JSON object's keys, any other
+    value under the key ``extra``; on a clash the column wins)."""
+    table = metadata if isinstance(metadata, pa.Table) else _dict_rows(metadata)
     if table.num_rows != count:
         raise UserInputError(f"{table.num_rows} metadata rows for {count} vectors")
-    if "path" not in table.column_names or table.column("path").null_count:
+    if count and ("path" not in table.column_names or table.column("path").null_count):
         raise UserInputError("every metadata row needs a path (a file, a URL or an external id)")
     if "id" in table.column_names:
         raise UserInputError("metadata must not carry an id column: the index assigns ids")
@@ -95,13 +99,57 @@ def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) 
         if f.name == "modality":
             columns[f.name] = pa.array([modality] * count, f.type)
         elif f.name == "extra" and unknown:
+            given = table.column("extra").to_pylist() if "extra" in table.column_names else [None] * count
             rows = table.select(unknown).to_pylist()
-            columns[f.name] = pa.array([json.dumps(row, default=str) for row in rows], f.type)
+            columns[f.name] = pa.array([_extra(own, row) for own, row in zip(given, rows)], f.type)
         elif f.name in table.column_names and f.name not in INGEST_ONLY:
             try:
                 columns[f.name] = table.column(f.name).cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise UserInputError(f"metadata column {f.name!r} must be {f.type}: {exc}") from None
+                raise UserInputError(f"metadata column {f.name!r} must be {f.type}: {one_line(exc)}") from None
         else:
             columns[f.name] = pa.nulls(count, f.type)
     return pa.table(columns, schema=ITEM_SCHEMA)
+
+
+def _dict_rows(metadata: object) -> pa.Table:
+    """A table of dict rows: the schema's columns as columns (types inferred, cast later), the
+    other keys of each row already folded into its ``extra`` (they may differ in type by row)."""
+    if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, Sequence):
+        raise UserInputError(
+            f"metadata must be a list of dicts (one per vector, each with a path) or a pyarrow Table, "
+            f"not {type(metadata).__name__}"
+        )
+    known: dict[str, None] = {}
+    for at, row in enumerate(metadata):
+        if not isinstance(row, Mapping):
+            raise UserInputError(f"metadata row {at} is a {type(row).__name__}, not a dict with a path")
+        if not isinstance(row.get("path"), str):
+            raise UserInputError(f"metadata row {at} needs a path string (a file, a URL or an external id)")
+        known |= dict.fromkeys(name for name in row if name in ITEM_SCHEMA.names and name != "extra")
+    columns = {}
+    for name in known:
+        try:
+            columns[name] = pa.array([row.get(name) for row in metadata])
+        except (pa.ArrowException, OverflowError) as exc:
+            raise UserInputError(f"metadata column {name!r} mixes types: {one_line(exc)}") from None
+    extras = [
+        _extra(row.get("extra"), {k: v for k, v in row.items() if k not in ITEM_SCHEMA.names}) for row in metadata
+    ]
+    if any(extra is not None for extra in extras):
+        columns["extra"] = pa.array(extras, pa.string())
+    return pa.table(columns) if columns else pa.table({"path": pa.array([], pa.string())})
+
+
+def _extra(own: object, others: dict) -> str | None:
+    """The ``extra`` of a row: its own ``extra`` merged with its unknown columns (see :func:`vector_rows`)."""
+    if not others:
+        return own if own is None or isinstance(own, str) else json.dumps(own, default=str)
+    merged: object = own
+    if isinstance(own, str):
+        try:
+            merged = json.loads(own)
+        except ValueError:
+            merged = own
+    base = merged if isinstance(merged, dict) else ({} if own is None else {"extra": own})
+    return json.dumps(base | others, default=str)
