@@ -236,3 +236,13 @@ def test_health_fails_once_the_index_is_moved_away(built: dict, tmp_path: Path) 
             assert "the index is not readable" in one_line_error(http.get("/api/healthz"), 503)
     finally:
         running.stop()
+
+
+def test_a_query_vector_is_judged_by_its_direction_not_its_scale(client: httpx.Client, index: Index) -> None:
+    dim = index.manifest.dim
+    unit = index.vectors([0])[0]
+    expected = client.post("/api/search", json={"vector": unit.tolist(), "k": 3}).json()["results"]
+    tiny = client.post("/api/search", json={"vector": (unit * 1e-30).tolist(), "k": 3})  # its norm underflows float32
+    assert tiny.status_code == 200 and [h["id"] for h in tiny.json()["results"]] == [h["id"] for h in expected]
+    huge = one_line_error(client.post("/api/search", json={"vector": [1e39] * dim}), 400)
+    assert "beyond float32's range" in huge and "NaN or Inf samples" not in huge

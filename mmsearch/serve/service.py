@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from mmsearch import checks
 from mmsearch.errors import MMSearchError, UserInputError
 from mmsearch.index import Index, SearchResult
 from mmsearch.jsonvalues import jsonable
@@ -181,8 +182,7 @@ class SearchService:
             for vector, weight in file_vectors[row]:
                 total += weight * vector
             if query.body.vector is not None:
-                raw = np.asarray(query.body.vector, dtype=np.float32)
-                total += raw / np.linalg.norm(raw)
+                total += checks.unit_rows(np.asarray(query.body.vector)[None], "the query vector", one=True)[0]
             if query.body.like_id is not None:
                 total += like_vectors[query.body.like_id]
             norm = np.linalg.norm(total)
