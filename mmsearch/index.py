@@ -510,13 +510,23 @@ class Index:
             stage.check(rerank_depth, min_prob)
             judge = stage.query_of(terms)
             reranker = self.reranker(rerank if isinstance(rerank, str) else None)
-            if vector is None:  # the re-ranker may encode the query for both stages at once
-                vector = reranker.query_vector(judge, self._manifest.model)
-            query_vector = vector if vector is not None else self.embed_terms(terms)
-            hits = self._search(np.atleast_2d(query_vector), returned, max(k, rerank_depth), where, min_score, False)[0]
+            # the re-ranker may encode the query's terms for both stages at once
+            encoded = reranker.query_vector(judge, self._manifest.model) if terms else None
+            query_vector = self._query_vector(terms, vector, encoded)
+            hits = self._search(query_vector, returned, max(k, rerank_depth), where, min_score, False)[0]
             return stage.rerank(reranker, judge, hits, k, min_prob)
-        query_vector = vector if vector is not None else self.embed_terms(terms)
-        return self._search(np.atleast_2d(query_vector), returned, k, where, min_score, group)[0]
+        return self._search(self._query_vector(terms, vector), returned, k, where, min_score, group)[0]
+
+    def _query_vector(
+        self, terms: Sequence[Term], vector: np.ndarray | None, encoded: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One query row: the terms' unit vector (``encoded`` if at hand), plus the given
+        ``vector``'s unit vector when there are both."""
+        if not terms:
+            assert vector is not None  # search refuses a query of neither
+            return vector
+        own = np.atleast_2d(encoded if encoded is not None else self.embed_terms(terms))
+        return own if vector is None else own + searcher.unit_queries(vector)
 
     def reranker(self, spec: str | None = None) -> Reranker:
         """The re-ranker ``spec`` (default: the one for this index's model), loaded once, reading

@@ -105,6 +105,10 @@ def test_tiny_and_large_vectors_keep_their_direction(tmp_path: Path) -> None:
             "metadata column 'width'",
         ),
         (lambda i: i.add_vectors(np.array([["a"] * DIM]), [{"path": "a"}]), "real numbers, not <U1"),
+        (
+            lambda i: i.add_vectors(np.ones((1, DIM)), [{"path": "a", "modality": "audio"}], modality="image"),
+            "a metadata row says modality 'audio', but these vectors are added as 'image'",
+        ),
         (lambda i: i.add_vectors(np.full((1, DIM), 1 + 1j), [{"path": "a"}]), "real numbers, not complex128"),
         (lambda i: i.add_vectors([[1, 2], [3]], [{"path": "a"}] * 2), "numeric array of shape"),
         (lambda i: i.search(vector=np.ones(DIM), k=2.5), "k must be an integer, not float 2.5"),

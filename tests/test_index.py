@@ -356,3 +356,14 @@ def test_the_model_load_of_a_new_index_is_billed_to_its_first_add(tmp_path: Path
     first = idx.add([photos])
     assert first.seconds["load"] > 0 and first.seconds["total"] >= first.seconds["load"]
     assert idx.add([photos]).seconds.get("load", 0.0) == 0.0  # nothing to embed, nothing loaded or billed
+
+
+def test_a_text_and_a_vector_together_search_for_their_sum(index: Index) -> None:
+    text = index.embed_terms([Term(1.0, "text", "green")])
+    vector = index.vectors([index.search("a blue thing", k=1)[0].id])[0]
+    both = index.search("green", vector=vector * 3.0, k=5)  # the vector's scale does not matter
+    summed = index.search(vector=text + vector, k=5)
+    assert [h.id for h in both] == [h.id for h in summed]
+    assert np.allclose([h.score for h in both], [h.score for h in summed], atol=1e-5)
+    alone = index.search("green", k=5)
+    assert not np.allclose([h.score for h in both], [h.score for h in alone], atol=1e-3)

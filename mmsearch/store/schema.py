@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsearch.errors import UserInputError, one_line
 
@@ -93,6 +94,13 @@ def vector_rows(metadata: Sequence[dict] | pa.Table, count: int, modality: str) 
         raise UserInputError("every metadata row needs a path (a file, a URL or an external id)")
     if "id" in table.column_names:
         raise UserInputError("metadata must not carry an id column: the index assigns ids")
+    if "modality" in table.column_names:
+        other = pc.filter(table.column("modality"), pc.not_equal(table.column("modality").cast(pa.string()), modality))
+        if len(other):
+            raise UserInputError(
+                f"a metadata row says modality {other[0].as_py()!r}, but these vectors are added as {modality!r}: "
+                "add each modality in its own call (modality=...)"
+            )
     unknown = [name for name in table.column_names if name not in ITEM_SCHEMA.names]
     columns = {}
     for f in ITEM_SCHEMA:
