@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmsearch.errors import UserInputError
+from mmsearch.models.base import l2_normalise
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Squared norms FAISS's float32 normalisation handles exactly; outside, a query is made a unit
@@ -90,12 +91,9 @@ def real_matrix(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray:
 
 
 def unit_rows(vectors: np.ndarray, name: str = "vectors", one: bool = False) -> np.ndarray:
-    """Float32 unit rows of a real ``(n, dim)`` array; a row that is zero, not finite or beyond
-    float32's range is refused (``one``: the rows are one query, said without row numbers).
-
-    Each row is first divided by its largest magnitude, so its squared norm lies in [1, dim]
-    whatever its scale: a tiny row (1e-30, whose squared norm underflows in float32) keeps its
-    direction, and no float64 copy of a large batch is made."""
+    """Float32 unit rows of a real ``(n, dim)`` array (:func:`mmsearch.models.base.l2_normalise`,
+    which keeps a tiny row's direction); a row that is zero, not finite or beyond float32's
+    range is refused (``one``: the rows are one query, said without row numbers)."""
     if len(vectors) == 0:
         return np.empty(vectors.shape, np.float32)
     peak = np.abs(vectors).max(axis=1).astype(np.float64)  # NaN for a row with NaN
@@ -109,11 +107,7 @@ def unit_rows(vectors: np.ndarray, name: str = "vectors", one: bool = False) -> 
             f"{name} must be finite, non-zero and within float32's range: {int(bad.sum())} of {len(vectors)} rows "
             f"are not (row {first} {fault})"
         )
-    scaled = (vectors / peak[:, None].astype(vectors.dtype if vectors.dtype.kind == "f" else np.float64)).astype(
-        np.float32, copy=False
-    )
-    scaled /= np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]
-    return scaled
+    return l2_normalise(vectors)
 
 
 def query_vectors(vectors: Any, dim: int, *, batch: bool) -> np.ndarray:

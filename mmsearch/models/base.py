@@ -49,11 +49,17 @@ class AudioPart:
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows of unit length (zero rows stay zero), normalised in float64: a tiny
-    row's squared norm (1e-30: 1e-60) underflows to zero in float32, a large one's overflows."""
-    wide = np.asarray(vectors, dtype=np.float32).astype(np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]  # np.linalg.norm: ~3x the call overhead
-    return (wide / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    """Return float32 rows of unit length (zero rows stay zero). Each row is first divided by
+    its largest magnitude, so its squared norm lies in [1, dim] whatever its scale: a tiny row
+    (1e-30, whose squared norm underflows in float32) keeps its direction, a huge one's does
+    not overflow, and no float64 copy of a large batch is made."""
+    rows = np.asarray(vectors)
+    if rows.dtype not in (np.float32, np.float64):
+        rows = rows.astype(np.float64)
+    peak = np.abs(rows).max(axis=1, keepdims=True)
+    scaled = (rows / np.where(peak > 0, peak, 1)).astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]  # np.linalg.norm: ~3x the call overhead
+    return scaled / np.where(norms > 0, norms, 1)
 
 
 def finite_rows(vectors: np.ndarray) -> np.ndarray:
