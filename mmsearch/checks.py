@@ -118,28 +118,23 @@ def query_vectors(vectors: Any, dim: int, *, batch: bool) -> np.ndarray:
 
     The hot case, one float32 vector, costs one dot product (about a µs): its squared norm
     is NaN or Inf when a value is, and in range only when the vector is usable."""
+    if batch:
+        return _ready(real_matrix(vectors, dim), "query vectors")
     single = "the query vector"
     array = np.asarray(vectors)
-    if not batch:
-        if array.shape == (1, dim):
-            array = array[0]
-        elif array.shape != (dim,):
-            if array.ndim == 1:
-                raise UserInputError(f"the query vector must have {dim} dimensions, not {array.shape[0]}")
-            raise UserInputError(
-                f"vector must be one query of shape ({dim},), not {array.shape}; use search_batch for many queries"
-            )
-        # vdot: dot's speed, without its overflow warning for a huge vector (refused or rescaled below)
-        if array.dtype == np.float32 and _SAFE_SQUARES[0] <= np.vdot(array, array) <= _SAFE_SQUARES[1]:
-            return array[None]
-        _check_real(array, single)
-        return _ready(array[None], single, one=True)
-    _check_real(array, "vectors")
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise UserInputError(f"vectors must have shape (n, {dim}), not {array.shape}")
-    return _ready(array, "query vectors")
+    if array.shape == (1, dim):
+        array = array[0]
+    elif array.shape != (dim,):
+        if array.ndim == 1:
+            raise UserInputError(f"the query vector must have {dim} dimensions, not {array.shape[0]}")
+        raise UserInputError(
+            f"vector must be one query of shape ({dim},), not {array.shape}; use search_batch for many queries"
+        )
+    # vdot: dot's speed, without its overflow warning for a huge vector (refused or rescaled below)
+    if array.dtype == np.float32 and _SAFE_SQUARES[0] <= np.vdot(array, array) <= _SAFE_SQUARES[1]:
+        return array[None]
+    _check_real(array, single)
+    return _ready(array[None], single, one=True)
 
 
 def _ready(rows: np.ndarray, name: str, one: bool = False) -> np.ndarray:
