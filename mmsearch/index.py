@@ -579,10 +579,7 @@ class Index:
         min_score: float | str | None,
         group: bool,
     ) -> list[list[SearchResult]]:
-        queries = np.asarray(queries, dtype=np.float32)
-        dim = self._manifest.dim
-        if queries.ndim != 2 or queries.shape[1] != dim:
-            raise UserInputError(f"query vectors must have {dim} dimensions, not {queries.shape[-1]}")
+        """``queries``: (n, dim) rows from :func:`checks.query_vectors` or this index's encoder."""
         queries = searcher.unit_queries(queries)
 
         def lookup(snap: Snapshot) -> list[list[SearchResult]]:
