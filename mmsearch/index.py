@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +31,7 @@ from mmsearch.errors import (
 from mmsearch.ingest.add import AddOptions, AddSummary, add_files
 from mmsearch.ingest.discover import MODALITIES, absolute, stored_name
 from mmsearch.ingest.pipeline import inputs_of
+from mmsearch.jsonvalues import jsonable
 from mmsearch.models import registry
 from mmsearch.models.base import Encoder
 from mmsearch.rerank.base import Reranker
@@ -50,12 +50,6 @@ from mmsearch.store.writer import ShardWriter, dropped_message
 
 DEFAULT_SHARD_SIZE = 100_000
 T = TypeVar("T")
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return value
 
 
 @dataclass(frozen=True)
@@ -111,8 +105,8 @@ class SearchResult:
         return self.metadata.get("end_s")
 
     def to_dict(self) -> dict:
-        """JSON-ready form (timestamps as ISO strings, null fields dropped)."""
-        extra = {k: _jsonable(v) for k, v in self.metadata.items() if v is not None}
+        """JSON-ready form (values as :mod:`mmsearch.jsonvalues` writes them, null fields dropped)."""
+        extra = {k: jsonable(v) for k, v in self.metadata.items() if v is not None}
         judged = {} if self.match_prob is None else {"match_prob": round(self.match_prob, 6)}
         return {
             "id": self.id,
