@@ -20,6 +20,7 @@ from functools import cache, cached_property, lru_cache
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsearch.errors import FilterError
 from mmsearch.store import filters
@@ -120,8 +121,6 @@ class Catalog:
     def _ids_of_modality(self, modality: str) -> np.ndarray:
         """Ids of live items of one modality (cached): the engine's own restriction, kept
         apart from the user's filter and intersected with it."""
-        import pyarrow.compute as pc
-
         mask = pc.fill_null(pc.equal(self.items.column("modality"), modality), False)
         ids = self.items.column("id").to_numpy()[mask.to_numpy(zero_copy_only=False)].astype(np.int64)
         ids.setflags(write=False)
