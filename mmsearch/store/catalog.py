@@ -205,8 +205,6 @@ def _sql_types() -> dict[str, str]:
 
 def paths_under(paths: pa.ChunkedArray | pa.Array, roots: Sequence[str]) -> np.ndarray:
     """Boolean mask of ``paths`` equal to or below any of ``roots`` (vectorised)."""
-    import pyarrow.compute as pc
-
     mask = np.zeros(len(paths), dtype=bool)
     for root in roots:
         root = root.rstrip("/") or "/"
