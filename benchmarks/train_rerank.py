@@ -36,6 +36,13 @@ from mmsearch.rerank.cross import CrossConfig, CrossMatcher, save_config
 from mmsearch.rerank.demo import DemoTowers, image_dim, load_matcher
 
 ATTRIBUTES = ("shape", "colour", "background", "count", "size")
+VALUES: dict[str, tuple] = {
+    "shape": world.SHAPES,
+    "colour": tuple(world.COLOURS),
+    "background": tuple(world.BACKGROUNDS),
+    "count": tuple(world.COUNTS),
+    "size": world.SIZES,
+}
 
 
 class Items:
@@ -61,13 +68,17 @@ class Items:
 
     def matches(self, text: str) -> np.ndarray:
         """Which items ``text`` truly describes (an unmentioned attribute matches anything)."""
+        return self.mismatches(text) == 0
+
+    def mismatches(self, text: str) -> np.ndarray:
+        """How many of the attributes ``text`` pins down each item gets wrong."""
         said = world.parse_caption(text)
         if self.modality == "audio":
             said.pop("background", None)
-        ok = np.ones(len(self.embeddings), dtype=bool)
+        wrong = np.zeros(len(self.embeddings), dtype=np.int64)
         for attribute, value in said.items():
-            ok &= self.attributes[attribute] == value
-        return ok
+            wrong += self.attributes[attribute] != value
+        return wrong
 
 
 class Texts:
@@ -98,30 +109,82 @@ def query_text(modality: str, rng: np.random.Generator) -> str:
     return str(phrasings[rng.integers(len(phrasings))])
 
 
-def mine(items: Items, texts: Texts, queries: list[str], depth: int, rng: np.random.Generator, train: bool):
+def mine(
+    items: Items,
+    texts: Texts,
+    queries: list[str],
+    depth: int,
+    rng: np.random.Generator,
+    train: bool,
+    near_misses: bool = False,
+):
     """(query index, item index, label) triples: the vector stage's top ``depth`` per query
-    (in training: 4 of them, one random true match and one random item)."""
+    (in training: 4 of them, one random true match and one random item; with ``near_misses``
+    also an item that is wrong in exactly one of the attributes the query pins down)."""
     _, _, q = texts.batch(queries)
     scores = q @ items.embeddings.T
     top = torch.topk(scores, depth, dim=1).indices.numpy()
     pairs = []
     for i, text in enumerate(queries):
-        truth = items.matches(text)
+        wrong = items.mismatches(text)
+        truth = wrong == 0
         chosen = list(rng.choice(top[i], 4, replace=False)) if train else list(top[i])
         if train:
-            positives = np.flatnonzero(truth)
-            if len(positives):
-                chosen.append(int(rng.choice(positives)))
+            for pool in (np.flatnonzero(truth), np.flatnonzero(wrong == 1) if near_misses else []):
+                if len(pool):
+                    chosen.append(int(rng.choice(pool)))
             chosen.append(int(rng.integers(len(truth))))
         pairs += [(i, int(j), float(truth[j])) for j in chosen]
     return np.array(pairs)
 
 
+def balanced_weights(pairs: np.ndarray) -> torch.Tensor:
+    """Per-pair loss weights under which each query's true pairs weigh as much as its false
+    ones (a query with only one kind keeps weight 1 a pair); the mean weight is 1."""
+    query, label = pairs[:, 0].astype(np.int64), pairs[:, 2] > 0.5
+    weights = np.ones(len(pairs))
+    for q in np.unique(query):
+        rows = query == q
+        true, false = (rows & label).sum(), (rows & ~label).sum()
+        if true and false:
+            weights[rows & label] = rows.sum() / (2 * true)
+            weights[rows & ~label] = rows.sum() / (2 * false)
+    return torch.from_numpy(weights).float()
+
+
 def logits_of(matcher: CrossMatcher, items: Items, texts: Texts, queries: list[str], pairs: np.ndarray) -> torch.Tensor:
+    return judged(matcher, items, texts, queries, pairs)[0]
+
+
+def judged(
+    matcher: CrossMatcher, items: Items, texts: Texts, queries: list[str], pairs: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs' match logits and their items' encoded tokens."""
     words, valid, q = texts.batch(queries)
     qi, ii = torch.from_numpy(pairs[:, 0].astype(np.int64)), torch.from_numpy(pairs[:, 1].astype(np.int64))
     cosine = (q[qi] * items.embeddings[ii]).sum(-1)
-    return matcher(words[qi], valid[qi], items.tokens[ii].float(), items.modality, cosine)
+    memory = matcher.encode_item(items.tokens[ii].float(), items.modality)
+    return matcher.judge(words[qi], valid[qi], memory, cosine), memory
+
+
+class AttributeHead(torch.nn.Module):
+    """Training only: predicts each item's attributes from its encoded tokens, so that the
+    item encoder must represent them (a count is the number of objects, not the area they
+    cover); not part of the shipped matcher."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(width, len(v)) for a, v in VALUES.items()})
+
+    def loss(self, memory: torch.Tensor, items: Items, rows: np.ndarray) -> torch.Tensor:
+        pooled = memory.mean(1)
+        losses = []
+        for attribute, vocabulary in VALUES.items():
+            if attribute == "background" and items.modality == "audio":
+                continue
+            target = torch.tensor([vocabulary.index(v) for v in items.attributes[attribute][rows]])
+            losses.append(torch.nn.functional.cross_entropy(self.heads[attribute](pooled), target))
+        return torch.stack(losses).mean()
 
 
 def evaluate(matcher, items: Items, texts: Texts, queries: list[str], depth: int, k: int = 10) -> dict:
@@ -176,6 +239,20 @@ def main() -> None:
         "--early-layer", type=int, help="every image region token also carries its patches after this ViT block"
     )
     parser.add_argument(
+        "--near-misses", action="store_true", help="each query also gets an item wrong in one attribute it names"
+    )
+    parser.add_argument("--stem", type=int, default=0, help="a conv stem of this many channels (needs --cells 16)")
+    parser.add_argument(
+        "--aux-weight", type=float, default=0.0, help="weight of predicting items' attributes from their tokens"
+    )
+    parser.add_argument("--context-layers", type=int, default=1, help="self-attention layers over item tokens")
+    parser.add_argument("--pool", choices=("mean", "softmin"), default="mean", help="how text tokens become one logit")
+    parser.add_argument(
+        "--balance",
+        action="store_true",
+        help="weigh each query's true and false pairs equally in the loss (no base rate by how specific a query is)",
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="keep the weights in --out-dir; refit the per-modality calibration on a --calibration-seed world",
@@ -192,7 +269,15 @@ def main() -> None:
 
     towers = DemoTowers("cpu")
     dim = image_dim(args.cells, args.whole_image, args.early_layer)
-    config = CrossConfig(cells=args.cells, whole_image=args.whole_image, early_layer=args.early_layer, image_dim=dim)
+    config = CrossConfig(
+        cells=args.cells,
+        whole_image=args.whole_image,
+        early_layer=args.early_layer,
+        image_dim=dim,
+        context_layers=args.context_layers,
+        stem=args.stem,
+        pool=args.pool,
+    )
     rng = np.random.default_rng(args.seed)
     train = {
         "image": Items(towers, [world.sample_scene(rng) for _ in range(args.images)], "image", config),
@@ -202,8 +287,10 @@ def main() -> None:
     print(f"features: {time.perf_counter() - started:.0f} s", flush=True)
 
     matcher = CrossMatcher(config)
-    decay = [p for p in matcher.parameters() if p.ndim >= 2]
-    rest = [p for p in matcher.parameters() if p.ndim < 2]
+    aux = AttributeHead(config.width)
+    trained = [*matcher.parameters(), *(aux.parameters() if args.aux_weight else [])]
+    decay = [p for p in trained if p.ndim >= 2]
+    rest = [p for p in trained if p.ndim < 2]
     optimiser = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr
     )
@@ -211,15 +298,18 @@ def main() -> None:
         optimiser,
         lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     training = time.perf_counter()
     for step in range(args.steps):
         modality = "audio" if step % args.audio_every == args.audio_every - 1 else "image"
         items = train[modality]
         queries = [query_text(modality, rng) for _ in range(args.batch)]
-        pairs = mine(items, texts, queries, args.mine_top, rng, train=True)
-        logits = logits_of(matcher, items, texts, queries, pairs)
-        loss = loss_fn(logits, torch.from_numpy(pairs[:, 2]).float())
+        pairs = mine(items, texts, queries, args.mine_top, rng, train=True, near_misses=args.near_misses)
+        logits, memory = judged(matcher, items, texts, queries, pairs)
+        labels = torch.from_numpy(pairs[:, 2]).float()
+        weights = balanced_weights(pairs) if args.balance else None
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        if args.aux_weight:
+            loss = loss + args.aux_weight * aux.loss(memory, items, pairs[:, 1].astype(np.int64))
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(matcher.parameters(), 1.0)

@@ -379,6 +379,46 @@ def test_matcher_attention_is_multihead_attention_with_the_same_weights(keys: in
     assert torch.allclose(attend(layer, query, memory), layer(query, memory, memory, need_weights=False)[0], atol=1e-6)
 
 
+def test_soft_min_is_the_score_when_all_agree_and_follows_the_lowest_otherwise() -> None:
+    import torch
+
+    from mmsearch.rerank.cross import soft_min
+
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    agree = torch.tensor([[2.0, 2.0, 2.0, -50.0], [2.0, 2.0, 2.0, 2.0]])  # padding never counts
+    assert torch.allclose(soft_min(agree, valid), torch.tensor([2.0, 2.0]))
+    one_wrong = torch.tensor([[6.0, 6.0, -6.0, 9.0], [6.0, 6.0, 6.0, -6.0]])
+    out = soft_min(one_wrong, valid)
+    assert (out < -6.0 + torch.log(valid.sum(1).float()) + 1e-4).all() and (out > -6.0).all()
+    assert out[0] < out[1] + 1e-6 and out[1] > out[0] - 1.0  # four tokens dilute one veto a little more than three
+
+
+def test_stem_sees_the_image_the_pooled_cells_came_from() -> None:
+    import torch
+
+    from mmsearch.rerank.cross import CrossConfig, CrossMatcher, region_pixels
+    from mmsearch.rerank.demo import _cells, image_dim
+
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 3, 64, 64)
+    tokens = torch.cat([torch.randn(3, 16, 4 * 96), _cells(pixels, 4, 16)], dim=-1)
+    assert torch.equal(region_pixels(tokens, 4 * 96, 16), pixels)
+
+    config = CrossConfig(cells=16, image_dim=image_dim(16, False), stem=4, context_layers=2, pool="softmin")
+    matcher = CrossMatcher(config).eval()
+    text, valid = torch.randn(1, 6, 96), torch.tensor([[True] * 5 + [False]])
+    with torch.no_grad():
+        memory = matcher.encode_item(tokens, "image")
+        shared = matcher.judge(text, valid, memory, torch.zeros(3))
+        each = matcher.judge(text.expand(3, -1, -1), valid.expand(3, -1), memory, torch.zeros(3))
+        assert shared.shape == (3,) and torch.allclose(shared, each, atol=1e-5)
+        stemless = CrossMatcher(replace(config, stem=0)).eval()
+        stemless.load_state_dict({k: v for k, v in matcher.state_dict().items() if not k.startswith("stem.")})
+        assert not torch.allclose(stemless.encode_item(tokens, "image"), memory, atol=1e-4)  # the stem adds in
+        frames = torch.randn(3, 16, config.audio_dim)  # sounds have no pixels: the stem stays out
+        assert torch.allclose(stemless.encode_item(frames, "audio"), matcher.encode_item(frames, "audio"), atol=1e-6)
+
+
 def test_image_tokens_follow_the_matchers_config(demo_reranker) -> None:
     """Finer region pixels, the whole-image part (the same embedding and coarse pixels in every
     region token) and an earlier ViT block's patches widen the tokens as ``image_dim`` says; the

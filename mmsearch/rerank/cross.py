@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +35,10 @@ class CrossConfig:
     cells: int = 4  # pooled pixels per image region side
     whole_image: bool = False  # every region token also carries the tower's embedding and the image pooled to 4x4
     early_layer: int | None = None  # and its patches' features after this ViT block
+    pixels_at: int = 4 * 96  # where a region token's pooled cells start (after its four patch features)
+    stem: int = 0  # >0: a conv stem of this many first channels over the regions' full-resolution pixels (cells 16)
+    context_layers: int = 1  # self-attention layers over the item's tokens before the text attends to them
+    pool: str = "mean"  # "mean": head over the mean text token; "softmin": head per token, then a soft minimum
 
     @classmethod
     def from_dict(cls, data: dict) -> CrossConfig:
@@ -107,15 +112,18 @@ class CrossMatcher(nn.Module):
         self.item_in = nn.ModuleDict(
             {"image": nn.Linear(config.image_dim, width), "audio": nn.Linear(config.audio_dim, width)}
         )
+        self.stem = pixel_stem(config.stem, width) if config.stem else None
         self.position = nn.ParameterDict(
             {
                 "image": nn.Parameter(torch.randn(config.patches, width) * 0.02),
                 "audio": nn.Parameter(torch.randn(config.frames, width) * 0.02),
             }
         )
-        self.context = nn.TransformerEncoderLayer(
-            width, config.heads, 2 * width, 0.0, batch_first=True, norm_first=True
-        )
+        layers = [
+            nn.TransformerEncoderLayer(width, config.heads, 2 * width, 0.0, batch_first=True, norm_first=True)
+            for _ in range(config.context_layers)
+        ]
+        self.context = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
         self.blocks = nn.ModuleList(CrossBlock(width, config.heads) for _ in range(config.layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.Linear(width + 1, width), nn.GELU(), nn.Linear(width, 1))
@@ -123,6 +131,8 @@ class CrossMatcher(nn.Module):
     def encode_item(self, tokens: torch.Tensor, modality: str) -> torch.Tensor:
         """Item tokens in the matcher's width, after one round of self-attention."""
         x = self.item_in[modality](tokens) + self.position[modality][: tokens.shape[1]]
+        if self.stem is not None and modality == "image":
+            x = x + self.stem(region_pixels(tokens, self.config.pixels_at, self.config.cells))
         return self.context(x)
 
     def forward(
@@ -143,9 +153,52 @@ class CrossMatcher(nn.Module):
         for block in cast("list[CrossBlock]", self.blocks):
             x = block.attend_self(x, valid.expand(len(x), -1))
             x = block.attend_item(x.expand(n, -1, -1), memory)
-        weights = valid.expand(n, -1).float().unsqueeze(-1)
+        mask = valid.expand(n, -1)
+        if self.config.pool == "softmin":
+            return soft_min(self._head(self.norm(x), cosine[:, None].expand(-1, x.shape[1])), mask)
+        weights = mask.float().unsqueeze(-1)
         pooled = (self.norm(x) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.head(torch.cat([pooled, cosine.unsqueeze(-1)], dim=1)).squeeze(-1)
+        return self._head(pooled, cosine)
+
+    def _head(self, features: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([features, cosine.unsqueeze(-1)], dim=-1)).squeeze(-1)
+
+
+def soft_min(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``-log mean exp(-s)`` over each row's valid tokens: a pair matches only if every token's
+    judgement (colour, shape, count, ...) does, and a query that pins down more attributes is
+    not diluted the way a mean over its tokens is (equal scores give that score back)."""
+    negated = (-scores).masked_fill(~valid, float("-inf"))
+    return -(torch.logsumexp(negated, dim=-1) - valid.sum(-1).clamp(min=1).float().log())
+
+
+def pixel_stem(channels: int, width: int) -> nn.Module:
+    """Four stride-2 3x3 convolutions, 64x64 pixels to a 4x4 grid of ``width`` features (one per
+    region), each seeing about 31x31 pixels: whole objects across region borders, which the
+    frozen patches and pooled cells show only in pieces."""
+    sizes = [3, channels, 2 * channels, 4 * channels]
+    layers: list[nn.Module] = []
+    for c_in, c_out in pairwise(sizes):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+    layers += [nn.Conv2d(sizes[-1], width, 3, stride=2, padding=1), nn.Flatten(2)]
+    return nn.Sequential(*layers, Transpose())
+
+
+class Transpose(nn.Module):
+    """``(n, width, regions)`` to ``(n, regions, width)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
+def region_pixels(tokens: torch.Tensor, start: int, cells: int) -> torch.Tensor:
+    """The image ``(n, 3, side·cells, side·cells)`` back from the region tokens' pooled cells,
+    which sit at ``start`` in each token (see ``mmsearch.rerank.demo._cells``)."""
+    n, regions = tokens.shape[:2]
+    side = round(regions**0.5)
+    cells_part = tokens[..., start : start + 3 * cells * cells]
+    grid = cells_part.reshape(n, side, side, 3, cells, cells).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(n, 3, side * cells, side * cells)
 
 
 def save_config(config: CrossConfig, extra: dict, path: str | Path) -> None:
