@@ -5,12 +5,13 @@ once, then a small :class:`~mmsearch.rerank.cross.CrossMatcher` learns to judge
 (caption, image) and (caption, sound) pairs. Pairs are mined the way the re-ranker is
 used: for each query, candidates come from the vector stage's top ``--depth`` (where the
 bi-encoder errs: same colour wrong shape, wrong count, wrong background), plus a random
-true match and a random item. One Platt scaling per candidate modality is then fitted on a
+true match, a near miss (wrong in exactly one attribute the query names) and a random
+item. One Platt scaling per candidate modality is then fitted on a
 held-out world's top-``--depth`` candidates (exactly the pairs seen at query time) and
 shipped in ``rerank.json`` with the architecture; ``--calibrate-only`` refits just that on
 the shipped weights.
 
-    python benchmarks/train_rerank.py                    # the shipped weights (≈ 9 min on 2 busy cores)
+    python benchmarks/train_rerank.py                    # the shipped weights (≈ 28 min on 2 busy cores)
     python benchmarks/train_rerank.py --calibrate-only   # refit the calibration only (≈ 1 min)
     python benchmarks/train_rerank.py --steps 50 --images 500 --sounds 200 --out-dir /tmp/rr   # smoke run
 """
@@ -212,10 +213,10 @@ def evaluate(matcher, items: Items, texts: Texts, queries: list[str], depth: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--images", type=int, default=12000)
     parser.add_argument("--sounds", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=32, help="queries per step (6 pairs each)")
+    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--batch", type=int, default=32, help="queries per step (7 pairs each)")
     parser.add_argument("--audio-every", type=int, default=3, help="every N-th step trains on sounds")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
@@ -229,7 +230,7 @@ def main() -> None:
     parser.add_argument("--eval-sounds", type=int, default=500)
     parser.add_argument("--eval-queries", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cells", type=int, default=4, help="each image region's pixels pooled to N x N")
+    parser.add_argument("--cells", type=int, default=16, help="each image region's pixels pooled to N x N (16: all)")
     parser.add_argument(
         "--whole-image",
         action="store_true",
@@ -239,14 +240,21 @@ def main() -> None:
         "--early-layer", type=int, help="every image region token also carries its patches after this ViT block"
     )
     parser.add_argument(
-        "--near-misses", action="store_true", help="each query also gets an item wrong in one attribute it names"
+        "--near-misses",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each query also gets an item wrong in exactly one attribute it names",
     )
-    parser.add_argument("--stem", type=int, default=0, help="a conv stem of this many channels (needs --cells 16)")
+    parser.add_argument(
+        "--stem", type=int, default=32, help="a conv stem of this many channels, 0 for none (needs --cells 16)"
+    )
     parser.add_argument(
         "--aux-weight", type=float, default=0.0, help="weight of predicting items' attributes from their tokens"
     )
     parser.add_argument("--context-layers", type=int, default=1, help="self-attention layers over item tokens")
-    parser.add_argument("--pool", choices=("mean", "softmin"), default="mean", help="how text tokens become one logit")
+    parser.add_argument(
+        "--pool", choices=("mean", "softmin"), default="softmin", help="how text tokens become one logit"
+    )
     parser.add_argument(
         "--balance",
         action="store_true",

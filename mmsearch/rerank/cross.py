@@ -1,11 +1,13 @@
 """A small cross-attention matcher: text tokens attend over an item's patches or frames.
 
 The ITM head of ALBEF/BLIP in miniature. The item's tokens (image patches or audio
-frames, from the frozen demo towers) first attend to each other once, so that counts
-and layouts can be read off; then each block lets the text tokens attend to each other
-and over the item's tokens. The pooled text tokens and the two towers' cosine feed a
-small head whose output is a match logit (calibrated separately, see
-:mod:`mmsearch.rerank.calibration`).
+frames, from the frozen demo towers; for images optionally also a small conv stem over the
+full-resolution pixels, which sees whole objects) first attend to each other, so that
+counts and layouts can be read off; then each block lets the text tokens attend to each
+other and over the item's tokens. A small head turns the text tokens and the two towers'
+cosine into a match logit: from the mean text token, or (``pool="softmin"``) per token and
+then a soft minimum, so that any one word the item contradicts vetoes the match however
+long the query (calibrated separately, see :mod:`mmsearch.rerank.calibration`).
 """
 
 from __future__ import annotations
