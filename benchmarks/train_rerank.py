@@ -268,6 +268,8 @@ def main() -> None:
     parser.add_argument("--calibration-seed", type=int, default=4711, help="(not 0, 2024 or the benchmark's 20261125)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "mmsearch/models/demo")
     args = parser.parse_args()
+    if args.stem and args.cells != 16:
+        parser.error("--stem reads each region's full-resolution pixels: it needs --cells 16")
     if args.calibrate_only:
         calibrate_only(args)
         return
@@ -320,7 +322,7 @@ def main() -> None:
             loss = loss + args.aux_weight * aux.loss(memory, items, pairs[:, 1].astype(np.int64))
         optimiser.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(matcher.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
         schedule.step()
         if step % 100 == 0 or step == args.steps - 1:
