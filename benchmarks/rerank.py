@@ -51,6 +51,7 @@ RESULTS = Path(__file__).parent / "results"
 DEPTH = 50
 K = 10
 SWEEP = (0.1, 0.2, 0.3, 0.5, 0.7)  # min_prob thresholds reported besides 0.5
+DRAWS = 20_000  # scenes drawn in a row without a new query before ``queries`` gives up
 
 
 class Truth:
@@ -75,15 +76,21 @@ class Truth:
 
 def queries(modality: str, n: int, seed: int, keep: Callable[[str], bool] = lambda text: True) -> list[str]:
     """Distinct compositional queries that ``keep`` accepts: what a scene shows, with its
-    count (and size, background)."""
+    count (and size, background). Gives up, naming how many it found, when ``DRAWS`` scenes
+    in a row add none (there are only so many distinct queries, fewer that a world lacks)."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
+    fruitless = 0
     while len(out) < n:
+        fruitless += 1
+        if fruitless > DRAWS:
+            raise SystemExit(f"only {len(out)} distinct {modality} queries of this kind exist here; ask for fewer")
         scene = world.sample_scene(rng)
         forms = world.captions(scene, rng)[:4] if modality == "image" else world.sound_captions(scene)[:3]
         text = str(forms[rng.integers(len(forms))])
         if text not in out and keep(text):
             out.append(text)
+            fruitless = 0
     return out
 
 

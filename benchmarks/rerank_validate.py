@@ -89,7 +89,7 @@ def main() -> None:
         "image": [world.sample_scene(rng) for _ in range(args.images)],
         "audio": [world.sample_scene(sound_rng) for _ in range(args.images // 2)],
     }
-    counts = {"image": (args.image_queries, args.image_absent), "audio": (120, 60)}  # few absent sounds exist
+    counts = {"image": (args.image_queries, args.image_absent), "audio": (120, 60)}  # the benchmark's (few exist)
     features: dict[tuple, dict[str, training.Items]] = {}
     rows = []
     for folder in args.weights:
