@@ -192,7 +192,13 @@ def quality(index: Index, truth: Truth, modality: str, texts: list[str]) -> tupl
 
 
 def sweep(judged: list[tuple[int, list[float], list[bool]]], threshold: float) -> dict:
-    """Precision, recall and the share of absent-thing queries left empty at one ``min_prob``."""
+    """:func:`kept_at`, rounded for the report."""
+    return {key: round(value, 3) for key, value in kept_at(judged, threshold).items()}
+
+
+def kept_at(judged: list[tuple[int, list[float], list[bool]]], threshold: float) -> dict[str, float]:
+    """Precision, recall and the share of absent-thing queries left empty at one ``min_prob``;
+    ``judged``: per query, (true matches in the index, candidates' probabilities, their labels)."""
     kept = kept_relevant = relevant = absent = absent_empty = 0
     for total, probs, labels in judged:
         above = [label for p, label in zip(probs, labels, strict=True) if p >= threshold]
@@ -204,9 +210,9 @@ def sweep(judged: list[tuple[int, list[float], list[bool]]], threshold: float) -
         kept_relevant += sum(above)
         relevant += total
     return {
-        "precision": round(kept_relevant / max(kept, 1), 3),
-        "recall": round(kept_relevant / max(relevant, 1), 3),
-        "absent_empty": round(absent_empty / max(absent, 1), 3),
+        "precision": kept_relevant / max(kept, 1),
+        "recall": kept_relevant / max(relevant, 1),
+        "absent_empty": absent_empty / max(absent, 1),
     }
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_rerank as training
-from rerank import queries
+from rerank import kept_at, queries
 
 from mmsearch import world
 from mmsearch.rerank.demo import DemoTowers, load_matcher
@@ -41,35 +41,21 @@ EMPTY_TARGET = 0.95
 
 
 def judged(matcher, calibration, items: training.Items, texts: training.Texts, asked: list[str]) -> list[tuple]:
-    """(query index, true?, match_prob) of every top-``DEPTH`` pair."""
+    """Per query, as ``benchmarks/rerank.py`` judges it: (true matches among the items, the
+    top-``DEPTH`` candidates' match_prob, their labels)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(asked), 32):
             part = asked[start : start + 32]
             pairs = training.mine(items, texts, part, DEPTH, np.random.default_rng(0), train=False)
-            probs = calibration(training.logits_of(matcher, items, texts, part, pairs).numpy(), items.modality)
-            out += [(start + int(q), bool(y), float(p)) for (q, _, y), p in zip(pairs, probs, strict=True)]
+            logits = training.logits_of(matcher, items, texts, part, pairs).numpy()
+            probs = calibration(logits, items.modality).reshape(len(part), DEPTH)
+            labels = pairs[:, 2].reshape(len(part), DEPTH) > 0.5
+            out += [
+                (int(items.matches(text).sum()), p.tolist(), y.tolist())
+                for text, p, y in zip(part, probs, labels, strict=True)
+            ]
     return out
-
-
-def at(pairs: list[tuple], totals: list[int], threshold: float) -> dict:
-    """Precision and recall over present-thing queries, and the share of absent-thing ones left empty."""
-    kept = kept_true = 0
-    answered: set[int] = set()
-    for query, true, prob in pairs:
-        if prob < threshold:
-            continue
-        if totals[query]:
-            kept += 1
-            kept_true += true
-        else:
-            answered.add(query)
-    absent = sum(1 for total in totals if not total)
-    return {
-        "precision": kept_true / max(kept, 1),
-        "recall": kept_true / max(sum(totals), 1),
-        "absent_empty": 1 - len(answered) / max(absent, 1),
-    }
 
 
 def main() -> None:
@@ -102,18 +88,17 @@ def main() -> None:
             present, absent = counts[modality]
             asked = queries(modality, present, args.seed + 1 + offset)
             asked += queries(modality, absent, args.seed + 11 + offset, lambda t, i=items: not i.matches(t).any())
-            totals = [int(items.matches(text).sum()) for text in asked]
-            pairs = judged(matcher, calibration, items, texts, asked)
-            sweep = {float(t): at(pairs, totals, t) for t in THRESHOLDS}
+            per_query = judged(matcher, calibration, items, texts, asked)
+            sweep = {float(t): kept_at(per_query, t) for t in THRESHOLDS}
             best = max(
                 ((s["recall"], t) for t, s in sweep.items() if s["absent_empty"] >= EMPTY_TARGET), default=(0.0, None)
             )
             row = {
                 "weights": str(folder),
                 "direction": f"text→{modality}",
-                "queries_present": sum(1 for t in totals if t),
-                "queries_absent": sum(1 for t in totals if not t),
-                **{k: round(v, 3) for k, v in at(pairs, totals, 0.5).items()},
+                "queries_present": sum(1 for total, _, _ in per_query if total),
+                "queries_absent": sum(1 for total, _, _ in per_query if not total),
+                **{k: round(v, 3) for k, v in kept_at(per_query, 0.5).items()},
                 "best_recall_with_absent_empty": round(best[0], 3),
                 "at_min_prob": best[1],
             }
