@@ -66,9 +66,10 @@ class CrossBlock(nn.Module):
 
     def attend_self(self, text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = self.norm_self(text)
-        return text + attend(self.self_attention, x, x, valid)
+        return text + attend(self.self_attention, x, x, None if bool(valid.all()) else valid)
 
     def attend_item(self, text: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """``text`` may have one row for all of ``item``'s: its query projection then runs once."""
         text = text + attend(self.cross_attention, self.norm_query(text), self.norm_item(item))
         return text + self.ff(self.norm_ff(text))
 
@@ -154,16 +155,21 @@ class CrossMatcher(nn.Module):
         x = self.text_in(text)
         for block in cast("list[CrossBlock]", self.blocks):
             x = block.attend_self(x, valid.expand(len(x), -1))
-            x = block.attend_item(x.expand(n, -1, -1), memory)
+            x = block.attend_item(x, memory)
         mask = valid.expand(n, -1)
         if self.config.pool == "softmin":
-            return soft_min(self._head(self.norm(x), cosine[:, None].expand(-1, x.shape[1])), mask)
+            return soft_min(self._head(self.norm(x), cosine[:, None]), mask)
         weights = mask.float().unsqueeze(-1)
         pooled = (self.norm(x) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return self._head(pooled, cosine)
 
     def _head(self, features: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([features, cosine.unsqueeze(-1)], dim=-1)).squeeze(-1)
+        """``head(cat([features, cosine]))`` without building the concatenation: the cosine's
+        column of the first layer is added on its own (``cosine`` broadcasts over tokens)."""
+        first, rest = self.head[0], self.head[1:]
+        width = features.shape[-1]
+        hidden = nn.functional.linear(features, first.weight[:, :width], first.bias)
+        return rest(hidden + cosine.unsqueeze(-1) * first.weight[:, width]).squeeze(-1)
 
 
 def soft_min(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
