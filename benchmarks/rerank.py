@@ -24,8 +24,9 @@ black background") drawn from another seed. Ground truth comes from the generato
     python benchmarks/rerank.py --images 300 --queries 40 --absent 20   # a quick look
     python benchmarks/rerank.py --threads 1             # one torch thread: on a shared box, less contention
     python benchmarks/rerank.py --images 2000 --queries 300    # a bigger run
+    python benchmarks/rerank.py --images 5000 --absent 10 --threads 1 --name rerank-5000   # a denser world
 
-Writes benchmarks/results/rerank.json and rerank.md.
+Writes benchmarks/results/rerank.json and rerank.md (``--name``: NAME.json and NAME.md).
 """
 
 from __future__ import annotations
@@ -326,6 +327,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default, one per core)"
     )
+    parser.add_argument("--name", default="rerank", help="results file stem: benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()
     np.seterr(all="ignore")
     if args.threads:
@@ -371,9 +373,9 @@ def main() -> None:
         "seconds": timings,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rerank.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     table = markdown(report)
-    (RESULTS / "rerank.md").write_text(table)
+    (RESULTS / f"{args.name}.md").write_text(table)
     print(table)
 
 
