@@ -7,7 +7,7 @@ world seed the benchmark does not (training uses 0, calibration 4711, the benchm
 the default 2024 is the training script's held-out world, which only ever printed P@10.
 
     python benchmarks/rerank_validate.py mmsearch/models/demo /tmp/rr/run1 /tmp/rr/run2
-    python benchmarks/rerank_validate.py --image-queries 120 --image-absent 60 DIR   # the benchmark's counts
+    python benchmarks/rerank_validate.py --image-queries 120 --image-absent 60 DIR   # fewer queries
 
 Reported per folder (``rerank.json`` + ``rerank.safetensors``) and direction: precision,
 recall and absent-thing queries left empty at ``min_prob`` 0.5, and the best recall at any
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_rerank as training
-from rerank import kept_at, queries
+from rerank import QUERIES, kept_at, queries
 
 from mmsearch import world
 from mmsearch.rerank.demo import DemoTowers, load_matcher
@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("weights", nargs="+", type=Path, help="folders holding rerank.json and rerank.safetensors")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--images", type=int, default=1000, help="validation world size (plus half as many sounds)")
-    parser.add_argument("--image-queries", type=int, default=240)
-    parser.add_argument("--image-absent", type=int, default=240)
+    parser.add_argument("--image-queries", type=int, default=QUERIES["image"][0])
+    parser.add_argument("--image-absent", type=int, default=QUERIES["image"][1])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ def main() -> None:
         "image": [world.sample_scene(rng) for _ in range(args.images)],
         "audio": [world.sample_scene(sound_rng) for _ in range(args.images // 2)],
     }
-    counts = {"image": (args.image_queries, args.image_absent), "audio": (120, 60)}  # the benchmark's (few exist)
+    counts = {"image": (args.image_queries, args.image_absent), "audio": QUERIES["audio"]}
     features: dict[tuple, dict[str, training.Items]] = {}
     rows = []
     for folder in args.weights:
