@@ -24,7 +24,7 @@ black background") drawn from another seed. Ground truth comes from the generato
     python benchmarks/rerank.py --images 300 --image-queries 40 --image-absent 20 --audio-absent 20   # a quick look
     python benchmarks/rerank.py --threads 1             # one torch thread: on a shared box, less contention
     python benchmarks/rerank.py --images 2000 --image-queries 400    # a bigger run
-    python benchmarks/rerank.py --images 5000 --image-absent 10 --audio-absent 10 --name rerank-5000  # denser world
+    python benchmarks/rerank.py --images 5000 --image-absent 10 --audio-absent 0 --name rerank-5000  # denser world
 
 Writes benchmarks/results/rerank.json and rerank.md (``--name``: NAME.json and NAME.md).
 """
@@ -66,17 +66,23 @@ class Truth:
         self.rows = {str((folder / row["file"]).resolve()): row for row in rows}
 
     def relevant(self, query: str, path: str, modality: str) -> bool:
-        said = dict(world.parse_caption(query))
-        if modality == "audio":
-            said.pop("background", None)
-        row = self.rows[str(Path(path).resolve())]
-        return all(row[key] == value for key, value in said.items())
+        return fits(self.rows[str(Path(path).resolve())], said(query, modality))
 
     def count(self, query: str, modality: str) -> int:
-        prefix = "images/" if modality == "image" else "sounds/"
-        return sum(
-            self.relevant(query, path, modality) for path, row in self.rows.items() if row["file"].startswith(prefix)
-        )
+        prefix, asked = ("images/" if modality == "image" else "sounds/"), said(query, modality)
+        return sum(fits(row, asked) for row in self.rows.values() if row["file"].startswith(prefix))
+
+
+def said(query: str, modality: str) -> dict:
+    """The attributes a query names (a sound has no background)."""
+    named = dict(world.parse_caption(query))
+    if modality == "audio":
+        named.pop("background", None)
+    return named
+
+
+def fits(row: dict, named: dict) -> bool:
+    return all(row[key] == value for key, value in named.items())
 
 
 def queries(modality: str, n: int, seed: int, keep: Callable[[str], bool] = lambda text: True) -> list[str]:
@@ -112,10 +118,7 @@ def auc(scores: list[float], labels: list[bool]) -> float:
 
 def form(query: str, modality: str) -> str:
     """What a query pins down, e.g. ``colour+count+shape+size``."""
-    said = dict(world.parse_caption(query))
-    if modality == "audio":
-        said.pop("background", None)
-    return "+".join(sorted(said))
+    return "+".join(sorted(said(query, modality)))
 
 
 def ndcg(labels: list[bool], total: int, k: int = K) -> float:
@@ -391,6 +394,11 @@ def main() -> None:
     print(table)
 
 
+def emptied(row: dict, share: float, digits: int) -> str:
+    """A share of absent-thing queries left empty, or a dash where the direction had none."""
+    return f"{share:.{digits}f}" if row["queries_absent"] else "–"
+
+
 def markdown(report: dict) -> str:
     w = report["world"]
     lines = [
@@ -421,11 +429,11 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['direction']} | min_prob 0.5 | {r['min_prob_precision']:.3f} | {r['min_prob_recall']:.3f} "
             f"({r['min_prob_recall_of_candidates']:.3f} of those in the top {report['depth']}) | "
-            f"{r['min_prob_present_answered']:.3f} | {r['min_prob_absent_empty']:.3f} |"
+            f"{r['min_prob_present_answered']:.3f} | {emptied(r, r['min_prob_absent_empty'], 3)} |"
         )
         lines.append(
             f"| {r['direction']} | min_score auto | {r['auto_precision']:.3f} | {r['auto_recall']:.3f} | "
-            f"{r['auto_present_answered']:.3f} | {r['auto_absent_empty']:.3f} |"
+            f"{r['auto_present_answered']:.3f} | {emptied(r, r['auto_absent_empty'], 3)} |"
         )
     lines += [
         "",
@@ -438,7 +446,9 @@ def markdown(report: dict) -> str:
         cells = (r["sweep"][str(t)] for t in SWEEP)
         lines.append(
             f"| {r['direction']} | "
-            + " | ".join(f"{c['precision']:.2f} / {c['recall']:.2f} / {c['absent_empty']:.2f}" for c in cells)
+            + " | ".join(
+                f"{c['precision']:.2f} / {c['recall']:.2f} / {emptied(r, c['absent_empty'], 2)}" for c in cells
+            )
             + " |"
         )
     lines += [
