@@ -379,6 +379,23 @@ def test_matcher_attention_is_multihead_attention_with_the_same_weights(keys: in
     assert torch.allclose(attend(layer, query, memory), layer(query, memory, memory, need_weights=False)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("pool", ["mean", "softmin"])
+def test_padded_text_tokens_never_change_a_judgement(pool: str) -> None:
+    """A batch of texts pads the shorter ones; a single text has no padding and skips the mask."""
+    import torch
+
+    from mmsearch.rerank.cross import CrossConfig, CrossMatcher
+
+    torch.manual_seed(1)
+    matcher = CrossMatcher(CrossConfig(pool=pool)).eval()
+    text, padding = torch.randn(1, 5, 96), torch.randn(1, 3, 96)
+    memory, cosine = torch.randn(4, 16, 64), torch.rand(4)
+    with torch.no_grad():
+        alone = matcher.judge(text, torch.ones(1, 5, dtype=torch.bool), memory, cosine)
+        padded = matcher.judge(torch.cat([text, padding], 1), torch.arange(8)[None] < 5, memory, cosine)
+    assert alone.shape == (4,) and torch.allclose(alone, padded, atol=1e-5)
+
+
 def test_soft_min_is_the_score_when_all_agree_and_follows_the_lowest_otherwise() -> None:
     import torch
 
