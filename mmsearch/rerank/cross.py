@@ -166,7 +166,7 @@ class CrossMatcher(nn.Module):
     def _head(self, features: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
         """``head(cat([features, cosine]))`` without building the concatenation: the cosine's
         column of the first layer is added on its own (``cosine`` broadcasts over tokens)."""
-        first, rest = self.head[0], self.head[1:]
+        first, rest = cast("nn.Linear", self.head[0]), self.head[1:]
         width = features.shape[-1]
         hidden = nn.functional.linear(features, first.weight[:, :width], first.bias)
         return rest(hidden + cosine.unsqueeze(-1) * first.weight[:, width]).squeeze(-1)
