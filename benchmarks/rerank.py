@@ -20,7 +20,7 @@ black background") drawn from another seed. Ground truth comes from the generato
   with the features prepared at ingest (``--rerank-features``), and where the cold
   re-ranking time goes (re-reading files vs. the towers vs. the matcher).
 
-    python benchmarks/rerank.py                         # ≈ 5 min on 2 quiet cores
+    python benchmarks/rerank.py                         # ≈ 3 min on 2 quiet cores
     python benchmarks/rerank.py --images 300 --image-queries 40 --image-absent 20 --audio-absent 20   # a quick look
     python benchmarks/rerank.py --threads 1             # one torch thread: on a shared box, less contention
     python benchmarks/rerank.py --images 2000 --image-queries 400    # a bigger run
