@@ -66,19 +66,11 @@ class Truth:
         self.rows = {str((folder / row["file"]).resolve()): row for row in rows}
 
     def relevant(self, query: str, path: str, modality: str) -> bool:
-        return fits(self.rows[str(Path(path).resolve())], said(query, modality))
+        return fits(self.rows[str(Path(path).resolve())], world.parse_caption(query, modality))
 
     def count(self, query: str, modality: str) -> int:
-        prefix, asked = ("images/" if modality == "image" else "sounds/"), said(query, modality)
+        prefix, asked = ("images/" if modality == "image" else "sounds/"), world.parse_caption(query, modality)
         return sum(fits(row, asked) for row in self.rows.values() if row["file"].startswith(prefix))
-
-
-def said(query: str, modality: str) -> dict:
-    """The attributes a query names (a sound has no background)."""
-    named = dict(world.parse_caption(query))
-    if modality == "audio":
-        named.pop("background", None)
-    return named
 
 
 def fits(row: dict, named: dict) -> bool:
@@ -118,7 +110,7 @@ def auc(scores: list[float], labels: list[bool]) -> float:
 
 def form(query: str, modality: str) -> str:
     """What a query pins down, e.g. ``colour+count+shape+size``."""
-    return "+".join(sorted(said(query, modality)))
+    return "+".join(sorted(world.parse_caption(query, modality)))
 
 
 def ndcg(labels: list[bool], total: int, k: int = K) -> float:

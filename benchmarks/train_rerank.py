@@ -73,9 +73,7 @@ class Items:
 
     def mismatches(self, text: str) -> np.ndarray:
         """How many of the attributes ``text`` pins down each item gets wrong."""
-        said = world.parse_caption(text)
-        if self.modality == "audio":
-            said.pop("background", None)
+        said = world.parse_caption(text, self.modality)
         wrong = np.zeros(len(self.embeddings), dtype=np.int64)
         for attribute, value in said.items():
             wrong += self.attributes[attribute] != value

@@ -215,11 +215,12 @@ def _objects_zh(scene: Scene, *, sized: bool) -> str:
 
 
 @lru_cache(maxsize=4096)
-def parse_caption(text: str) -> dict[str, str | int]:
+def parse_caption(text: str, modality: str = "image") -> dict[str, str | int]:
     """Attributes a caption pins down, e.g. {"colour": "red", "shape": "circle"}.
 
     Lets training and benchmarks judge whether a scene is a true match for any
-    phrasing this module produces (an unmentioned attribute matches anything).
+    phrasing this module produces (an unmentioned attribute matches anything). For a
+    scene's sound (``modality="audio"``) a background is not pinned down: it is not heard.
     """
     words = re.findall(r"[a-z]+", text.lower())
     found: dict[str, str | int] = {}
@@ -234,6 +235,8 @@ def parse_caption(text: str) -> dict[str, str | int]:
                 j -= 1
             if j >= 0 and words[j] in _COUNT_WORDS:
                 found["count"] = _COUNT_WORDS[words[j]]
+    if modality == "audio":
+        found.pop("background", None)
     return found
 
 

@@ -51,7 +51,9 @@ class CrossConfig:
 
 
 class CrossBlock(nn.Module):
-    """Pre-norm: text self-attention, cross-attention over the item, feed-forward."""
+    """Pre-norm: text self-attention (:meth:`attend_self`), then cross-attention over the item
+    and a feed-forward (:meth:`attend_item`); two steps, so that :meth:`CrossMatcher.judge` runs
+    the text-only first one once for all candidates."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -60,13 +62,10 @@ class CrossBlock(nn.Module):
         self.cross_attention = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, text: torch.Tensor, valid: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """``valid`` (n, L) marks the text tokens that are not padding."""
-        return self.attend_item(self.attend_self(text, valid), item)
-
     def attend_self(self, text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``valid`` (n, L) marks the text tokens that are not padding."""
         x = self.norm_self(text)
-        return text + attend(self.self_attention, x, x, None if bool(valid.all()) else valid)
+        return text + attend(self.self_attention, x, x, valid)
 
     def attend_item(self, text: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """``text`` may have one row for all of ``item``'s: its query projection then runs once."""
@@ -85,6 +84,8 @@ def attend(
     q = nn.functional.linear(query, weight[:width], bias[:width])
     k, v = nn.functional.linear(memory, weight[width:], bias[width:]).chunk(2, dim=-1)
     q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
+    if valid is not None and bool(valid.all()):
+        valid = None  # nothing padded: no mask to apply
     out = attention(q, k, v, None if valid is None else valid[:, None, None, :])
     return layer.out_proj(out.transpose(1, 2).flatten(2))
 
