@@ -52,10 +52,11 @@ def _where_index_lives() -> str:
     )
 
 
-def _path(value: str) -> Path:
+def _path(value: str | Path) -> Path:
     """Every path argument and ``--index`` parse here: an empty one (what ``"$UNSET_VAR"``
-    gives) would otherwise mean the current folder."""
-    if not value.strip():
+    gives) would otherwise mean the current folder. A default (``demo``'s folder) arrives
+    here as the ``Path`` it was declared as."""
+    if not str(value).strip():
         raise typer.BadParameter("an empty path (is a shell variable unset?)")
     return Path(value)
 

@@ -85,8 +85,9 @@ def test_label_command_names_the_right_class(demo_world: tuple[Index, Path]) -> 
 
 
 def test_demo_command_runs_offline(tmp_path: Path) -> None:
-    result = run_cli("demo", str(tmp_path / "demo"), "--images", "48", "--json")
+    result = run_cli("demo", "--images", "48", "--json", cwd=tmp_path)  # the README's command: default folder
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo-world").is_dir()
     report = json.loads(result.stdout)
     assert {row["direction"] for row in report["scores"]} >= {"text→image", "image→image", "text→video segment"}
     assert 'query "a red circle"' in result.stderr
